@@ -1,0 +1,8 @@
+"""Imports every actor module, so a worker (or the API) that imports this knows every stage.
+
+Add a new stage module here; workflows then reference its actors by name.
+"""
+
+from actors import generate, lifecycle, store
+
+__all__ = ["generate", "lifecycle", "store"]

@@ -1,0 +1,317 @@
+"""Model layer of the generation workers: load MusicGen/AudioGen once, generate, encode WAV.
+
+What a caller must know:
+
+* Importing this module is cheap: torch and audiocraft are imported inside the functions
+  that need them, because the API process imports the ``actors`` package and must never
+  import torch.
+* ``name_or_dir`` is what the settings hold (``MUSIC_GEN_MODEL`` / ``AUDIO_GEN_MODEL``): a
+  hub name such as ``facebook/musicgen-small`` or a local checkpoint directory holding
+  ``state_dict.bin`` and ``compression_state_dict.bin`` (see ``aimarket.tiny_models``).
+* Every failure to load raises :class:`ModelLoadError`, whose message names the setting
+  value; map it to the task error code ``model_unavailable``.
+* Models are cached per process, one per (kind, name_or_dir, resolved device); a model is
+  used by one generation at a time. ``seed`` makes a generation reproducible as long as no
+  other thread of the process draws from torch's global RNG meanwhile.
+* Call :func:`configure_cache` before the first load.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import pickle
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import numpy as np
+import numpy.typing as npt
+
+log = logging.getLogger(__name__)
+
+ModelKind = Literal["musicgen", "audiogen"]
+
+#: Files of a released (or ``aimarket.tiny_models``) checkpoint directory.
+CHECKPOINT_FILES = ("state_dict.bin", "compression_state_dict.bin")
+
+
+class ModelLoadError(Exception):
+    """A model could not be loaded; the message names the configured model value."""
+
+
+@dataclass(frozen=True)
+class GeneratedAudio:
+    """Output of :func:`generate`.
+
+    ``samples`` is float32 in [-1, 1] with shape (batch, channels, n): one row per prompt,
+    in prompt order. ``samples[i]`` can be passed to :func:`encode_wav` as is.
+    """
+
+    samples: npt.NDArray[np.float32]
+    sample_rate: int
+
+    @property
+    def duration_s(self) -> float:
+        return int(self.samples.shape[-1]) / self.sample_rate
+
+
+@dataclass
+class _Entry:
+    model: Any
+    # set_generation_params() mutates the model, so one generation per model at a time.
+    lock: threading.Lock
+
+
+_MODELS: dict[tuple[str, str, str], _Entry] = {}
+# One lock for all loads: loads are rare and heavy, and the weights_only fallback swaps a
+# function of audiocraft's loader module, which must not happen under a concurrent load.
+_LOAD_LOCK = threading.Lock()
+
+
+def configure_cache(cache_dir: str | None) -> None:
+    """Point the hub caches at ``cache_dir`` (no-op when None or empty).
+
+    Sets ``HF_HOME`` (T5 text encoders, EnCodec codecs fetched through transformers) and
+    ``AUDIOCRAFT_CACHE_DIR`` (the audiocraft checkpoints) so both share ``cache_dir/hub``.
+    huggingface_hub reads ``HF_HOME`` once, at import: call this before the first load.
+    """
+    if not cache_dir:
+        return
+    root = Path(cache_dir).expanduser()
+    if "huggingface_hub" in sys.modules and os.environ.get("HF_HOME") != str(root):
+        log.warning(
+            "huggingface_hub is already imported; HF_HOME=%s only applies to audiocraft "
+            "checkpoints in this process",
+            root,
+        )
+    os.environ["HF_HOME"] = str(root)
+    os.environ["AUDIOCRAFT_CACHE_DIR"] = str(root / "hub")
+
+
+def resolve_device(pref: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; other values pass through.
+
+    Raises :class:`ModelLoadError` when a CUDA device is asked for and none is available.
+    """
+    pref = pref.strip().lower()
+    if pref == "cpu":
+        return pref
+    import torch
+
+    if pref == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if pref.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {pref!r} requested but CUDA is not available")
+    return pref
+
+
+def load_model(kind: ModelKind, name_or_dir: str, device: str = "auto") -> Any:
+    """Return the cached MusicGen/AudioGen model, loading it on first use (thread-safe).
+
+    Raises :class:`ModelLoadError` for a missing directory, a missing checkpoint file, an
+    unknown or unreachable hub name, or a checkpoint that does not load.
+    """
+    return _entry(kind, name_or_dir, device).model
+
+
+def clear_model_cache() -> None:
+    """Forget every cached model (tests; freeing GPU memory)."""
+    with _LOAD_LOCK:
+        _MODELS.clear()
+
+
+def generate(
+    kind: ModelKind,
+    name_or_dir: str,
+    prompts: list[str],
+    duration: float,
+    device: str = "auto",
+    seed: int | None = None,
+) -> GeneratedAudio:
+    """Generate ``duration`` seconds of audio for each prompt in one batch.
+
+    Loads the model if needed (so it may raise :class:`ModelLoadError`). A given ``seed``
+    gives the same audio for the same model, prompts, duration and device.
+    """
+    if not prompts:
+        raise ValueError("prompts must not be empty")
+    if not duration > 0:
+        raise ValueError(f"duration must be > 0, got {duration!r}")
+    entry = _entry(kind, name_or_dir, device)
+    import torch
+
+    model = entry.model
+    with entry.lock:
+        model.set_generation_params(duration=float(duration))
+        if seed is None:
+            wav = model.generate(list(prompts))
+        else:
+            # fork_rng restores the global RNG afterwards, so seeding here does not make
+            # later unseeded generations in this process repeat themselves.
+            on_cuda = model.device.type == "cuda"
+            devices = [model.device.index or 0] if on_cuda else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                wav = model.generate(list(prompts))
+    samples = wav.detach().to(dtype=torch.float32, device="cpu").numpy()
+    samples = np.clip(np.nan_to_num(samples), -1.0, 1.0).astype(np.float32, copy=False)
+    return GeneratedAudio(samples=np.ascontiguousarray(samples), sample_rate=int(model.sample_rate))
+
+
+def encode_wav(samples: npt.NDArray[Any], sample_rate: int) -> bytes:
+    """Encode audio as a 16-bit PCM WAV file and return its bytes.
+
+    ``samples`` is 1-D (n,) mono or 2-D channels-first (channels, n), e.g.
+    ``GeneratedAudio.samples[i]``. Values are clipped to [-1, 1]; NaN becomes silence.
+    """
+    import soundfile as sf
+
+    arr = np.asarray(samples, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = arr.T  # soundfile wants (frames, channels)
+    elif arr.ndim != 1:
+        raise ValueError(f"expected 1-D or (channels, n) samples, got shape {arr.shape}")
+    arr = np.clip(np.nan_to_num(arr), -1.0, 1.0)
+    buf = io.BytesIO()
+    sf.write(buf, arr, sample_rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def wav_info(data: bytes) -> tuple[int, float, int]:
+    """Return (sample_rate, duration_s, channels) of encoded audio; ValueError if unreadable."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(io.BytesIO(data))
+    except (RuntimeError, TypeError) as exc:  # soundfile.LibsndfileError is a RuntimeError
+        raise ValueError(f"not readable audio: {exc}") from exc
+    return int(info.samplerate), info.frames / info.samplerate, int(info.channels)
+
+
+# --- loading internals ------------------------------------------------------------------
+
+
+def _entry(kind: ModelKind, name_or_dir: str, device: str) -> _Entry:
+    if kind not in get_args(ModelKind):
+        raise ValueError(f"unknown model kind {kind!r}")
+    key = (kind, name_or_dir, resolve_device(device))
+    entry = _MODELS.get(key)  # fast path: no lock once loaded
+    if entry is not None:
+        return entry
+    with _LOAD_LOCK:
+        entry = _MODELS.get(key)
+        if entry is None:
+            entry = _Entry(model=_load(kind, name_or_dir, key[2]), lock=threading.Lock())
+            _MODELS[key] = entry
+        return entry
+
+
+def _looks_local(name: str) -> bool:
+    # Same rule as audiocraft's loader (an existing path wins over a hub name), plus
+    # explicit path spellings so a mistyped directory is reported as missing instead of
+    # being sent to the hub as a repository id.
+    return name.startswith(("/", "./", "../", "~")) or Path(name).expanduser().exists()
+
+
+def _load(kind: ModelKind, name_or_dir: str, device: str) -> Any:
+    source = name_or_dir
+    if _looks_local(name_or_dir):
+        path = Path(name_or_dir).expanduser()
+        if not path.is_dir():
+            raise ModelLoadError(f"{kind} model {name_or_dir!r}: no such directory")
+        missing = [f for f in CHECKPOINT_FILES if not (path / f).is_file()]
+        if missing:
+            raise ModelLoadError(
+                f"{kind} model {name_or_dir!r}: checkpoint directory lacks {', '.join(missing)}"
+            )
+        source = str(path)
+    try:
+        from audiocraft.models.audiogen import AudioGen
+        from audiocraft.models.musicgen import MusicGen
+
+        cls = MusicGen if kind == "musicgen" else AudioGen
+        try:
+            model = cls.get_pretrained(source, device=device)
+        except Exception as exc:
+            if not _is_weights_only_error(exc):
+                raise
+            log.warning(
+                "%s model %r refused by torch.load(weights_only=True); "
+                "retrying with weights_only=False",
+                kind,
+                name_or_dir,
+            )
+            model = _get_pretrained_trusting_pickles(cls, source, device)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{kind} model {name_or_dir!r} could not be loaded: {type(exc).__name__}: {exc}"
+        ) from exc
+    log.info("loaded %s model %r on %s", kind, name_or_dir, device)
+    return model
+
+
+def _is_weights_only_error(exc: BaseException) -> bool:
+    cur: BaseException | None = exc
+    while cur is not None:
+        if isinstance(cur, pickle.UnpicklingError) and "weights only" in str(cur).lower():
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def _get_pretrained_trusting_pickles(cls: Any, source: str, device: str) -> Any:
+    """``cls.get_pretrained`` with audiocraft's checkpoint reads done by a full unpickler.
+
+    Why: torch >= 2.6 defaults ``torch.load`` to ``weights_only=True``, which refuses
+    non-tensor objects (released AudioGen checkpoints pickle OmegaConf objects in them);
+    audiocraft 1.3.0 calls ``torch.load`` without the argument (fix pending upstream in
+    audiocraft PR #534). ``weights_only=False`` runs arbitrary pickle code, so it is used
+    only for the checkpoint the operator configured (a local directory or the hub
+    repository named in the settings, both trusted), only after the safe load failed, and
+    only for audiocraft's checkpoint reader, never process-wide.
+    """
+    from unittest import mock
+
+    from audiocraft.models import loaders
+
+    with mock.patch.object(loaders, "_get_state_dict", _trusted_get_state_dict):
+        return cls.get_pretrained(source, device=device)
+
+
+def _trusted_get_state_dict(
+    file_or_url_or_id: str | Path,
+    filename: str | None = None,
+    device: str = "cpu",
+    cache_dir: str | None = None,
+) -> Any:
+    # Mirrors audiocraft.models.loaders._get_state_dict (1.3.0), adding weights_only=False.
+    import audiocraft
+    import torch
+    from huggingface_hub import hf_hub_download
+
+    name = str(file_or_url_or_id)
+    if Path(name).is_file():
+        file = name
+    elif Path(name).is_dir():
+        file = f"{name}/{filename}"
+    elif name.startswith("https://"):
+        return torch.hub.load_state_dict_from_url(
+            name, map_location=device, check_hash=True, weights_only=False
+        )
+    else:
+        if filename is None:
+            raise ValueError("filename is required for hub checkpoints")
+        file = hf_hub_download(
+            repo_id=name,
+            filename=filename,
+            cache_dir=cache_dir or os.environ.get("AUDIOCRAFT_CACHE_DIR"),
+            library_name="audiocraft",
+            library_version=audiocraft.__version__,
+        )
+    return torch.load(file, map_location=device, weights_only=False)

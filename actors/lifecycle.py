@@ -1,0 +1,106 @@
+"""Stages every workflow shares: validate at the start, aggregate and callback at the end,
+and ``task.fail``, which ends a task whose stage failed for good."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import dramatiq
+import httpx
+import msgspec
+from workflows.inputs import InputError, validate_input
+
+from actors.errors import StageError, TaskGone
+from actors.registry import stage
+from actors.resources import resources
+from aimarket.task_view import task_view
+from db.models import Task, TaskStatus
+from db.tasks import finish_task, get_task
+
+log = logging.getLogger(__name__)
+
+
+async def active_task(task_id: str) -> Task:
+    """The task's row; raises TaskGone when it is missing or has already ended."""
+    task = await get_task(resources().db, task_id)
+    if task is None or TaskStatus(task.status).terminal:
+        raise TaskGone(task_id, task.status if task else None)
+    return task
+
+
+@stage("task.validate")
+async def validate(
+    task_id: str, workflow: str, stage_id: str, previous: Any = None
+) -> dict[str, Any]:
+    """Checks, on the worker side, that the task is still wanted and its input still valid
+    under the definition this worker runs (definitions can change between deploys)."""
+    task = await active_task(task_id)
+    try:
+        validate_input(resources().workflows[workflow], task.input)
+    except InputError as exc:
+        raise StageError("invalid_input", f"{exc.field}: {exc.message}") from None
+    return {}
+
+
+@stage("task.aggregate")
+async def aggregate(
+    task_id: str, workflow: str, stage_id: str, previous: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Collects the stored outputs into the final result: Redis for the short term, the
+    database for good. Running it twice changes nothing (the first ending wins)."""
+    outputs: list[dict[str, Any]] = list((previous or {}).get("outputs", []))
+    res = resources()
+    audio_s = sum(float(o.get("duration_s", 0.0)) for o in outputs)
+    await finish_task(res.db, task_id, TaskStatus.SUCCEEDED, outputs=outputs, audio_s=audio_s)
+    await res.state.set_result(task_id, {"status": TaskStatus.SUCCEEDED, "outputs": outputs})
+    return {}
+
+
+@dramatiq.actor(actor_name="task.fail", queue_name="default", max_retries=10, min_backoff=500)
+async def fail(task_id: str, stage_id: str, code: str, message: str) -> None:
+    """Ends a task ``failed`` with a client-facing error, then calls the client back."""
+    res = resources()
+    ended = await finish_task(
+        res.db, task_id, TaskStatus.FAILED, error_code=code, error_message=message
+    )
+    if not ended:  # already ended (cancelled, or a duplicate failure): nothing more to tell
+        return
+    await res.state.set_result(task_id, {"status": TaskStatus.FAILED, "code": code})
+    task = await get_task(res.db, task_id)
+    if task is not None:
+        callback.send(task_id, task.workflow, "callback")
+
+
+def callback_target(task: Task) -> str | None:
+    return task.callback_url or resources().settings.marketplace_callback
+
+
+@stage("task.callback", queue="callbacks", max_retries=8, min_backoff=1000, max_backoff=60_000)
+async def callback(
+    task_id: str, workflow: str, stage_id: str, previous: Any = None
+) -> dict[str, Any]:
+    """POSTs the task's final view (the body of GET /v1/tasks/{id}) to the client.
+
+    Network errors, 5xx and 429 raise, so Dramatiq retries with backoff; other 4xx answers
+    are final (the receiver refused this body; sending it again would not help).
+    """
+    res = resources()
+    task = await get_task(res.db, task_id)
+    if task is None:
+        return {}
+    url = callback_target(task)
+    if not url:
+        return {"callback": "none"}
+    body = msgspec.json.encode(task_view(task, res.store))
+    async with httpx.AsyncClient(timeout=res.settings.callback_timeout) as client:
+        response = await client.post(
+            url,
+            content=body,
+            headers={"content-type": "application/json", "user-agent": "aimarket-callback"},
+        )
+    if response.status_code >= 500 or response.status_code == 429:
+        raise RuntimeError(f"callback to {url} answered {response.status_code}")
+    if response.status_code >= 400:
+        log.warning("callback for %s refused: %s", task_id, response.status_code)
+    return {"callback": response.status_code}

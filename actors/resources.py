@@ -1,0 +1,66 @@
+"""The connections a worker process uses, opened lazily on its event loop and shared by
+its actors."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from functools import cached_property
+
+from aimarket.settings import Settings, get_settings
+from aimarket.state import TaskState
+from aimarket.storage import MediaStore
+from db.engine import Database
+from workflows.loader import BUILTIN_DIR, load_workflows
+from workflows.spec import Stage, Workflow
+
+
+@dataclass
+class Resources:
+    settings: Settings
+
+    @cached_property
+    def db(self) -> Database:
+        dsn = self.settings.database_dsn
+        if dsn is None:
+            raise RuntimeError("no database configured: set DATABASE_URL or POSTGRES_HOST")
+        return Database(dsn, pool_size=4)
+
+    @cached_property
+    def state(self) -> TaskState:
+        url = self.settings.redis_url
+        if url is None:
+            raise RuntimeError("no Redis configured: set REDIS_HOST")
+        return TaskState.from_url(url, self.settings.result_ttl)
+
+    @cached_property
+    def store(self) -> MediaStore:
+        store = MediaStore(self.settings)
+        store.ensure_bucket()
+        return store
+
+    @cached_property
+    def workflows(self) -> dict[str, Workflow]:
+        from actors.registry import STAGE_QUEUES
+
+        dirs = [BUILTIN_DIR, *self.settings.extra_workflow_dirs]
+        return load_workflows(dirs, STAGE_QUEUES, self.settings)
+
+    def stage(self, workflow: str, stage_id: str) -> Stage:
+        for stage in self.workflows[workflow].stages:
+            if stage.id == stage_id:
+                return stage
+        raise KeyError(f"{workflow}.{stage_id}")
+
+
+_lock = threading.Lock()
+_resources: Resources | None = None
+
+
+def resources() -> Resources:
+    """This process's resources, created on first use."""
+    global _resources
+    with _lock:
+        if _resources is None:
+            _resources = Resources(get_settings())
+        return _resources

@@ -1,0 +1,57 @@
+"""The Dramatiq broker: one per process, set before any actor module is imported."""
+
+from __future__ import annotations
+
+import dramatiq
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.middleware import AsyncIO
+
+from aimarket.settings import Settings, SettingsError
+
+_broker: dramatiq.Broker | None = None
+
+
+def setup_broker(settings: Settings) -> dramatiq.Broker:
+    """Create the broker, make it the global one and register every stage actor on it.
+
+    Idempotent: actors register at import time, so a process has exactly one broker.
+    """
+    global _broker
+    if _broker is not None:
+        return _broker
+    url = settings.rabbitmq_url
+    if url is None:
+        raise SettingsError("RABBITMQ_HOST is required but not set (see .env.example)")
+    # confirm_delivery: a 202 means RabbitMQ has the message, not that pika buffered it.
+    broker = RabbitmqBroker(url=url, confirm_delivery=True)
+    broker.add_middleware(AsyncIO())
+    from actors.failures import TaskFailures
+
+    # Added after Retries, so it sees ``message.failed`` once retries are exhausted.
+    broker.add_middleware(TaskFailures())
+    dramatiq.set_broker(broker)
+    import actors.all  # noqa: F401  (registers every stage actor on this broker)
+
+    _broker = broker
+    return broker
+
+
+def actor_queues() -> dict[str, str]:
+    """Every registered stage actor and its queue, for checking workflows offline.
+
+    Registers the actors on an in-memory broker when this process has no broker yet.
+    """
+    if _broker is None and not _registered():
+        from dramatiq.brokers.stub import StubBroker
+
+        dramatiq.set_broker(StubBroker())
+        import actors.all  # noqa: F401
+    from actors.registry import STAGE_QUEUES
+
+    return dict(STAGE_QUEUES)
+
+
+def _registered() -> bool:
+    import sys
+
+    return "actors.all" in sys.modules

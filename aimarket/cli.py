@@ -1,0 +1,172 @@
+"""The ``aimarket`` command: serve the API, run workers, migrate, check workflows, make models."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from aimarket.settings import SettingsError, get_settings
+
+#: Queues whose stages hold a model on a GPU: one thread and prefetch 1, so a worker never
+#: sits on a second job another worker could start now.
+GPU_QUEUES = frozenset({"musicgen", "audiogen"})
+ALL_QUEUES = ("default", "callbacks", "musicgen", "audiogen")
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    click.echo(f"aimarket: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Runs AI generation jobs (MusicGen, AudioGen) for an AI marketplace."""
+
+
+@main.command()
+@click.option("--host", default=None, help="Interface to bind (default: APP_API_HOST).")
+@click.option("--port", type=int, default=None, help="Port (default: APP_API_PORT, 8007).")
+def serve(host: str | None, port: int | None) -> None:
+    """Run the HTTP API."""
+    import uvicorn
+
+    from api.app import create_app
+    from workflows.diagnostics import WorkflowError
+
+    try:
+        settings = get_settings()
+        app = create_app(settings)
+    except (SettingsError, WorkflowError) as exc:
+        fail(str(exc))
+    uvicorn.run(
+        app,
+        host=host or settings.app_api_host,
+        port=port or settings.app_api_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
+
+
+@main.command()
+@click.option(
+    "--queues",
+    "-Q",
+    default=",".join(ALL_QUEUES),
+    show_default=True,
+    help="Comma-separated queues to consume (one pool per GPU model: -Q musicgen).",
+)
+@click.option("--processes", "-p", type=int, default=1, show_default=True)
+@click.option(
+    "--threads", "-t", type=int, default=None, help="Per process; default 1 on a GPU queue, else 8."
+)
+def worker(queues: str, processes: int, threads: int | None) -> None:
+    """Run a Dramatiq worker for the given queues."""
+    from dramatiq.cli import main as dramatiq_main
+    from dramatiq.cli import make_argument_parser
+
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    gpu_only = bool(names) and set(names) <= GPU_QUEUES
+    if threads is None:
+        threads = 1 if gpu_only else 8
+    if gpu_only:
+        os.environ.setdefault("dramatiq_queue_prefetch", "1")
+    try:
+        settings = get_settings()
+        settings.require("RABBITMQ_HOST", "REDIS_HOST")
+        if settings.database_dsn is None:
+            settings.require("POSTGRES_HOST")
+    except SettingsError as exc:
+        fail(str(exc))
+    argv = ["aimarket.worker_boot", "-p", str(processes), "-t", str(threads), "-Q", *names]
+    sys.exit(dramatiq_main(make_argument_parser().parse_args(argv)))
+
+
+@main.group()
+def db() -> None:
+    """Database schema (owned by Alembic)."""
+
+
+@db.command()
+@click.option("--revision", default="head", show_default=True)
+def upgrade(revision: str) -> None:
+    """Migrate the database to REVISION (same as `alembic upgrade head`)."""
+    from db.migrate import upgrade as run_upgrade
+
+    try:
+        dsn = get_settings().database_dsn
+    except SettingsError as exc:
+        fail(str(exc))
+    if dsn is None:
+        fail("no database configured: set POSTGRES_HOST (or DATABASE_URL)")
+    run_upgrade(dsn, revision)
+    click.echo(f"database at {revision}")
+
+
+@main.group()
+def workflows() -> None:
+    """Workflow definitions."""
+
+
+@workflows.command()
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def validate(paths: tuple[Path, ...], fmt: str) -> None:
+    """Check workflow files or folders (default: the built-in and configured folders)."""
+    from aimarket.broker import actor_queues
+    from workflows.diagnostics import Diagnostic
+    from workflows.loader import BUILTIN_DIR, check_file
+
+    try:
+        settings = get_settings()
+    except SettingsError as exc:
+        fail(str(exc))
+    queues = actor_queues()
+    targets = list(paths) or [BUILTIN_DIR, *settings.extra_workflow_dirs]
+    files = sorted(
+        f
+        for target in targets
+        for f in ([target] if target.is_file() else [*target.glob("*.yaml"), *target.glob("*.yml")])
+    )
+    diagnostics: list[Diagnostic] = []
+    for file in files:
+        _, found = check_file(file, queues, settings)
+        diagnostics.extend(found)
+    errors = sum(d.severity == "error" for d in diagnostics)
+    if fmt == "json":
+        import msgspec
+
+        report = {"files": [str(f) for f in files], "diagnostics": msgspec.to_builtins(diagnostics)}
+        click.echo(json.dumps(report, indent=2))
+    else:
+        for d in diagnostics:
+            click.echo(d.format())
+        warnings = len(diagnostics) - errors
+        click.echo(f"{len(files)} file(s) checked, {errors} error(s), {warnings} warning(s)")
+    sys.exit(1 if errors else 0)
+
+
+@main.group()
+def models() -> None:
+    """Model checkpoints."""
+
+
+@models.command("make-tiny")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--kind", type=click.Choice(["musicgen", "audiogen"]), required=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def make_tiny(directory: Path, kind: str, seed: int) -> None:
+    """Write a tiny random checkpoint to DIRECTORY, for offline smoke tests.
+
+    Its audio is noise: it exercises the real loading and generation code, nothing more.
+    """
+    from aimarket.tiny_models import make_tiny as write
+
+    path = write(directory, kind, seed=seed)  # type: ignore[arg-type]
+    var = "MUSIC_GEN_MODEL" if kind == "musicgen" else "AUDIO_GEN_MODEL"
+    click.echo(f"wrote a tiny random {kind} checkpoint to {path} (its audio is noise)")
+    click.echo(f"use it with: {var}={path.resolve()}")

@@ -1,0 +1,173 @@
+"""One typed settings object, read once from the environment and an optional ``.env`` file.
+
+Field names are the environment variable names in lower case (``APP_API_PORT`` ->
+``app_api_port``). The names and defaults of the original deployment are kept so an existing
+``.env`` keeps working; every variable is documented in ``.env.example``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import quote
+
+import msgspec
+from dotenv import dotenv_values
+
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+class Settings(msgspec.Struct, kw_only=True, rename="upper", forbid_unknown_fields=False):
+    # --- API -----------------------------------------------------------------------------
+    #: Interface the API binds to (``aimarket serve --host`` overrides it).
+    app_api_host: str = "127.0.0.1"
+    #: Port of the API (``aimarket serve --port`` overrides it).
+    app_api_port: Port = 8007
+    #: Title and version shown in the OpenAPI document.
+    api_name: str = "AudioCraft"
+    api_version: str = "1.0.0"
+    #: Bearer token the marketplace sends on every call but health and docs. Required to serve.
+    marketplace_token: str | None = None
+    #: Where results are POSTed when a request gives no ``callback_url``.
+    marketplace_callback: str | None = None
+
+    # --- Limits --------------------------------------------------------------------------
+    #: Longest audio a request may ask for, in seconds.
+    max_duration: PositiveFloat = 30.0
+    #: Longest prompt, in characters.
+    max_prompt_len: PositiveInt = 100
+
+    # --- Models --------------------------------------------------------------------------
+    #: MusicGen and AudioGen checkpoints: a hub name or a local checkpoint directory.
+    music_gen_model: str = "facebook/musicgen-small"
+    audio_gen_model: str = "facebook/audiogen-medium"
+    #: Where downloaded weights are cached (sets HF_HOME / AUDIOCRAFT_CACHE_DIR for workers).
+    cache_model_dir: str | None = None
+    #: ``auto`` uses CUDA when there is a GPU, else the CPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    # --- Postgres (durable record of every request) ---------------------------------------
+    #: A full SQLAlchemy URL wins over the POSTGRES_* parts when set.
+    database_url: str | None = None
+    postgres_host: str | None = None
+    postgres_port: Port = 5432
+    postgres_user: str = "postgres"
+    postgres_password: str = ""
+    postgres_db: str = "aimarket"
+
+    # --- Redis (short-lived task state) --------------------------------------------------
+    redis_host: str | None = None
+    redis_port: Port = 6379
+    redis_db_name: Annotated[int, msgspec.Meta(ge=0)] = 0
+    redis_password: str | None = None
+    #: How long finished results and intermediate state stay in Redis, in seconds.
+    result_ttl: PositiveInt = 86_400
+
+    # --- RabbitMQ (the queue between the API and the workers) ----------------------------
+    rabbitmq_host: str | None = None
+    rabbitmq_port: Port = 5672
+    rabbitmq_vhost: str = "/"
+    rabbitmq_user: str = "guest"
+    rabbitmq_pass: str = "guest"  # noqa: S105  (RabbitMQ's own default, local only)
+
+    # --- S3 (media) -------------------------------------------------------------------------
+    s3_bucket: str = "aimarket"
+    #: For MinIO-style servers; empty means AWS itself. The bucket is created when missing.
+    s3_endpoint_url: str | None = None
+    aws_region_name: str = "us-east-1"
+    aws_access_key: str | None = None
+    aws_secret_key: str | None = None
+    #: Lifetime of the presigned media URLs handed to clients, in seconds.
+    presigned_url_ttl: PositiveInt = 3600
+
+    # --- Workflows and delivery ----------------------------------------------------------
+    #: Extra folders of workflow YAML files, separated by commas.
+    workflows_dirs: str = ""
+    #: Seconds a callback POST may take before it counts as failed (it is then retried).
+    callback_timeout: PositiveFloat = 10.0
+    #: Python logging level name.
+    log_level: str = "INFO"
+
+    @property
+    def database_dsn(self) -> str | None:
+        """The SQLAlchemy async URL, or None when no database is configured."""
+        if self.database_url:
+            return self.database_url
+        if not self.postgres_host:
+            return None
+        auth = quote(self.postgres_user, safe="")
+        if self.postgres_password:
+            auth += ":" + quote(self.postgres_password, safe="")
+        return (
+            f"postgresql+asyncpg://{auth}@{self.postgres_host}:{self.postgres_port}"
+            f"/{self.postgres_db}"
+        )
+
+    @property
+    def rabbitmq_url(self) -> str | None:
+        if not self.rabbitmq_host:
+            return None
+        vhost = quote(self.rabbitmq_vhost, safe="")
+        user, password = quote(self.rabbitmq_user, safe=""), quote(self.rabbitmq_pass, safe="")
+        return f"amqp://{user}:{password}@{self.rabbitmq_host}:{self.rabbitmq_port}/{vhost}"
+
+    @property
+    def redis_url(self) -> str | None:
+        if not self.redis_host:
+            return None
+        auth = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
+        return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db_name}"
+
+    @property
+    def extra_workflow_dirs(self) -> list[Path]:
+        return [Path(p.strip()) for p in self.workflows_dirs.split(",") if p.strip()]
+
+    def require(self, *names: str) -> None:
+        """Stop with one clear message when any of these variables is unset."""
+        for name in names:
+            if getattr(self, name.lower()) in (None, ""):
+                raise SettingsError(
+                    f"{name} is required but not set (see .env.example for what it means)"
+                )
+
+
+_FIELD_NAMES = {name.upper() for name in Settings.__struct_fields__}
+_PATH = re.compile(r"\$\.(\w+)")
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
+) -> Settings:
+    """Read the settings: the process environment wins over the ``.env`` file.
+
+    Empty values count as unset, as they do in most ``.env`` files.
+    """
+    values: dict[str, str] = {}
+    if env_file is not None and Path(env_file).is_file():
+        values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    values.update(os.environ if environ is None else environ)
+    data = {k: v for k, v in values.items() if k in _FIELD_NAMES and v != ""}
+    try:
+        return msgspec.convert(data, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        match = _PATH.search(text)
+        name = match.group(1) if match else "a setting"
+        reason = _PATH.sub("", text).replace(" - at ", "").strip(" -")
+        raise SettingsError(f"{name} is invalid: {reason} (got {data.get(name)!r})") from None
+
+
+@cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()

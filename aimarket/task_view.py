@@ -1,0 +1,87 @@
+"""What a client sees of a task: the body of ``GET /v1/tasks/{id}`` and of every callback."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from aimarket.storage import MediaStore
+from db.models import Task
+
+
+class OutputItem(msgspec.Struct, kw_only=True):
+    name: str
+    url: str
+    content_type: str
+    duration_s: float
+    sample_rate: int
+    size_bytes: int
+    #: When ``url`` stops working (it is presigned).
+    url_expires_in_s: int
+
+
+class TaskError(msgspec.Struct, kw_only=True):
+    code: str
+    message: str
+
+
+class StageState(msgspec.Struct, kw_only=True):
+    status: str
+    at: float
+
+
+class TaskOut(msgspec.Struct, kw_only=True):
+    task_id: str
+    status: str
+    workflow: str
+    workflow_version: int
+    user_id: str
+    input: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    outputs: list[OutputItem]
+    error: TaskError | None = None
+    #: Progress of each stage while the task runs (kept for RESULT_TTL seconds).
+    stages: dict[str, StageState] = {}
+
+
+def task_view(task: Task, store: MediaStore, live: dict[str, Any] | None = None) -> TaskOut:
+    """Build the client's view, presigning a fresh URL for each output."""
+    outputs = [
+        OutputItem(
+            name=o["name"],
+            url=store.presign(o["key"]),
+            content_type=o["content_type"],
+            duration_s=o["duration_s"],
+            sample_rate=o["sample_rate"],
+            size_bytes=o["size_bytes"],
+            url_expires_in_s=store.url_ttl,
+        )
+        for o in task.outputs or []
+    ]
+    error = (
+        TaskError(code=task.error_code, message=task.error_message or "")
+        if task.error_code
+        else None
+    )
+    stages = {
+        sid: StageState(status=entry["status"], at=entry["at"])
+        for sid, entry in ((live or {}).get("stages") or {}).items()
+    }
+    return TaskOut(
+        task_id=task.id,
+        status=task.status,
+        workflow=task.workflow,
+        workflow_version=task.workflow_version,
+        user_id=task.user_id,
+        input=task.input,
+        created_at=task.created_at,
+        started_at=task.started_at,
+        finished_at=task.finished_at,
+        outputs=outputs,
+        error=error,
+        stages=stages,
+    )

@@ -1,0 +1,22 @@
+"""The module ``aimarket worker`` hands to Dramatiq's CLI: each worker process imports it,
+which sets up the broker, registers every actor and checks the workflows."""
+
+from __future__ import annotations
+
+import logging
+
+from aimarket.broker import setup_broker
+from aimarket.settings import get_settings
+from workflows.compiler import compile_workflow, declare_queues
+
+settings = get_settings()
+logging.getLogger().setLevel(settings.log_level.upper())
+broker = setup_broker(settings)
+
+from actors.registry import STAGE_QUEUES  # noqa: E402  (filled by setup_broker)
+from actors.resources import resources  # noqa: E402
+
+# Loading the workflows here makes a worker refuse to start on a broken definition, and lets
+# it consume queues that only a workflow names (a stage's ``queue:`` override).
+_plans = {name: compile_workflow(wf, STAGE_QUEUES) for name, wf in resources().workflows.items()}
+declare_queues(broker, _plans)

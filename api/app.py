@@ -1,0 +1,75 @@
+"""The Litestar application: `create_app()` builds it from the settings."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+from litestar import Litestar, Router
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+
+from aimarket.settings import Settings, get_settings
+from api.auth import require_token
+from api.errors import HANDLERS
+from api.health import live, ready
+from api.services import Services
+from api.stats import stats
+from api.tasks import TaskController
+from api.workflows import list_workflows
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    """Builds the app; raises SettingsError / WorkflowError before serving anything."""
+    settings = settings or get_settings()
+    services = Services.build(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        # The bucket is created when missing (MinIO and fresh servers start empty).
+        await anyio.to_thread.run_sync(services.store.ensure_bucket)
+        log.info(
+            "serving %d workflows: %s",
+            len(services.workflows),
+            ", ".join(sorted(services.workflows)),
+        )
+        try:
+            yield
+        finally:
+            await services.close()
+
+    v1 = Router(
+        path="/",
+        route_handlers=[TaskController, stats, list_workflows],
+        guards=[require_token],
+        security=[{"bearer": []}],
+    )
+    app = Litestar(
+        route_handlers=[v1, live, ready],
+        dependencies={"services": Provide(lambda: services, sync_to_thread=False)},
+        exception_handlers=HANDLERS,
+        lifespan=[lifespan],
+        openapi_config=OpenAPIConfig(
+            title=settings.api_name,
+            version=settings.api_version,
+            description="Runs AudioCraft generation tasks for a marketplace.",
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+            components=Components(
+                security_schemes={
+                    "bearer": SecurityScheme(
+                        type="http", scheme="bearer", description="MARKETPLACE_TOKEN"
+                    )
+                }
+            ),
+        ),
+        request_max_body_size=1_000_000,
+    )
+    app.state.services = services
+    return app

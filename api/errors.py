@@ -1,0 +1,92 @@
+"""Every error leaves the API as ``{"code", "message", "field"?}``: a stable machine-readable
+code, a sentence for people, and the offending field for validation errors."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    NotFoundException,
+    ValidationException,
+)
+from litestar.openapi import ResponseSpec
+
+log = logging.getLogger(__name__)
+
+
+class ErrorBody(msgspec.Struct, kw_only=True, omit_defaults=True):
+    code: str
+    message: str
+    field: str | None = None
+
+
+def error_response(description: str) -> ResponseSpec:
+    """An OpenAPI response entry whose body is an ErrorBody."""
+    return ResponseSpec(data_container=ErrorBody, description=description)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+
+def _json(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> Response[Any]:
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+def api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[Any]:
+    return _json(exc.status, ErrorBody(code=exc.code, message=exc.message, field=exc.field))
+
+
+_PATH = re.compile(r"`?\$\.([\w.\[\]]+)`?")
+
+
+def validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+    """Litestar's body/query validation: malformed JSON or a body of the wrong shape."""
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    first = extra[0] if extra and isinstance(extra[0], dict) else {}
+    message = str(first.get("message") or exc.detail)
+    if "JSON is malformed" in message or "malformed" in str(exc.detail).lower():
+        return _json(400, ErrorBody(code="malformed_json", message="the body is not valid JSON"))
+    field = first.get("key") or None
+    match = _PATH.search(message)
+    if match:
+        field = match.group(1)
+        message = _PATH.sub("", message).replace(" - at ", "").strip(" -")
+    return _json(400, ErrorBody(code="invalid_request", message=message, field=field))
+
+
+def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    if isinstance(exc, NotAuthorizedException):
+        return _json(
+            401,
+            ErrorBody(code="unauthorized", message=exc.detail),
+            headers={"www-authenticate": "Bearer"},
+        )
+    if isinstance(exc, NotFoundException):
+        return _json(404, ErrorBody(code="not_found", message=exc.detail))
+    code = {405: "method_not_allowed", 413: "body_too_large", 429: "rate_limited"}.get(
+        exc.status_code, "http_error"
+    )
+    return _json(exc.status_code, ErrorBody(code=code, message=exc.detail))
+
+
+def internal_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    # The details go to the log, never to the client (they may hold hosts or credentials).
+    log.exception("unhandled error", exc_info=exc)
+    return _json(500, ErrorBody(code="internal_error", message="internal error"))
+
+
+HANDLERS: dict[type[Exception] | int, Any] = {
+    ApiError: api_error,
+    ValidationException: validation_error,
+    HTTPException: http_error,
+    Exception: internal_error,
+}

@@ -1,0 +1,121 @@
+"""POST /v1/tasks and GET /v1/tasks/{task_id}."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from urllib.parse import urlsplit
+
+import anyio.to_thread
+from litestar import Controller, Response, get, post
+from litestar.exceptions import NotFoundException
+from litestar.status_codes import HTTP_202_ACCEPTED
+from workflows.inputs import InputError, validate_input
+
+from aimarket.task_view import TaskOut, task_view
+from api.errors import ApiError, error_response
+from api.schemas import CreateTask
+from api.services import Services
+from db.models import Task, TaskStatus
+from db.tasks import finish_task, get_task, insert_task, utcnow
+
+log = logging.getLogger(__name__)
+
+
+def _check_callback_url(url: str | None) -> None:
+    if url is None:
+        return
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ApiError(
+            422, "invalid_callback_url", "callback_url must be an http(s) URL", "callback_url"
+        )
+
+
+class TaskController(Controller):
+    path = "/v1/tasks"
+    tags = ("tasks",)
+
+    @post(
+        "/",
+        status_code=HTTP_202_ACCEPTED,
+        summary="Submit a task",
+        description="Validates the input against the workflow's schema, records the task and "
+        "queues it. Answers at once; poll GET /v1/tasks/{task_id} or wait for the callback.",
+        responses={
+            400: error_response("Malformed JSON or a body of the wrong shape"),
+            422: error_response("Unknown workflow, invalid input or invalid callback URL"),
+            503: error_response("The queue is unavailable; nothing was queued"),
+        },
+    )
+    async def create(self, data: CreateTask, services: Services) -> Response[TaskOut]:
+        workflow = services.workflows.get(data.workflow)
+        if workflow is None:
+            known = ", ".join(sorted(services.workflows))
+            raise ApiError(
+                422,
+                "unknown_workflow",
+                f"no workflow '{data.workflow}' (known: {known})",
+                "workflow",
+            )
+        try:
+            clean_input = validate_input(workflow, data.input)
+        except InputError as exc:
+            raise ApiError(422, "invalid_input", exc.message, exc.field) from None
+        _check_callback_url(data.callback_url)
+
+        task = Task(
+            id=str(uuid.uuid4()),
+            workflow=workflow.name,
+            workflow_version=workflow.version,
+            user_id=data.user_id,
+            status=TaskStatus.QUEUED,
+            input=clean_input,
+            callback_url=data.callback_url,
+            outputs=[],
+            audio_s=0.0,
+            created_at=utcnow(),
+        )
+        await insert_task(services.db, task)
+        # Sent only after the commit above, so a worker never sees a task that is not there.
+        # pika blocks: publish from a thread, never on the event loop.
+        pipeline = services.plans[workflow.name].pipeline(services.broker, task.id)
+        try:
+            await anyio.to_thread.run_sync(pipeline.run)
+        except Exception as exc:
+            log.error("could not queue task %s: %s", task.id, exc)
+            await finish_task(
+                services.db,
+                task.id,
+                TaskStatus.FAILED,
+                error_code="queue_unavailable",
+                error_message="the task could not be queued; submit it again",
+            )
+            raise ApiError(
+                503, "queue_unavailable", "the queue is unavailable; retry later"
+            ) from None
+        return Response(
+            task_view(task, services.store),
+            status_code=HTTP_202_ACCEPTED,
+            headers={"location": f"/v1/tasks/{task.id}"},
+        )
+
+    @get(
+        "/{task_id:str}",
+        summary="A task's status and result",
+        responses={404: error_response("No such task")},
+    )
+    async def read(self, task_id: str, services: Services) -> TaskOut:
+        task = await get_task(services.db, task_id) if _is_uuid(task_id) else None
+        if task is None:
+            raise NotFoundException(f"no task '{task_id}'")
+        live = await services.state.get(task_id) if not TaskStatus(task.status).terminal else None
+        return task_view(task, services.store, live)
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,27 @@
+"""Run the Alembic migrations from code (the CLI's `db upgrade`, the tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic.config import Config
+
+from alembic import command
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def alembic_config(url: str | None = None) -> Config:
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.set_main_option("script_location", str(ROOT / "alembic"))
+    if url:
+        cfg.attributes["url"] = url
+    return cfg
+
+
+def upgrade(url: str | None = None, revision: str = "head") -> None:
+    """Bring the database at ``url`` (default: the settings') to ``revision``.
+
+    Runs its own event loop, so call it from synchronous code (or a thread).
+    """
+    command.upgrade(alembic_config(url), revision)

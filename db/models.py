@@ -1,0 +1,55 @@
+"""The durable record of every request (one row per task)."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, Index, String, Text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# JSONB on Postgres (indexable, compact), plain JSON on SQLite for the embedded mode.
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class TaskStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+    __table_args__ = (Index("ix_tasks_user_created", "user_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    workflow: Mapped[str] = mapped_column(String(100))
+    workflow_version: Mapped[int]
+    user_id: Mapped[str] = mapped_column(String(200))
+    # Kept as a plain string (not a DB enum) so adding a status needs no type migration.
+    status: Mapped[str] = mapped_column(String(16), default=TaskStatus.QUEUED)
+    input: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    #: Output media: a list of {name, key, content_type, duration_s, sample_rate, size_bytes}.
+    outputs: Mapped[list[dict[str, Any]]] = mapped_column(JsonType, default=list)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: Seconds from started to finished, stored so stats are a plain AVG on any database.
+    processing_s: Mapped[float | None] = mapped_column(Float)
+    #: Seconds of audio produced, summed by the stats endpoint.
+    audio_s: Mapped[float] = mapped_column(Float, default=0.0)

@@ -1,0 +1,119 @@
+"""Queries on the task record. Every state change is a conditional UPDATE so a message
+delivered twice cannot move a finished task backwards."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+
+from db.engine import Database
+from db.models import Task, TaskStatus
+
+_ACTIVE = (TaskStatus.QUEUED, TaskStatus.RUNNING)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+async def insert_task(db: Database, task: Task) -> Task:
+    async with db.session() as session, session.begin():
+        session.add(task)
+    return task
+
+
+async def get_task(db: Database, task_id: str) -> Task | None:
+    async with db.session() as session:
+        return await session.get(Task, task_id)
+
+
+async def mark_running(db: Database, task_id: str) -> bool:
+    """queued -> running; sets started_at once. False when the task is no longer active."""
+    async with db.session() as session, session.begin():
+        now = utcnow()
+        result = await session.execute(
+            update(Task)
+            .where(Task.id == task_id, Task.status.in_(_ACTIVE))
+            .values(status=TaskStatus.RUNNING, started_at=func.coalesce(Task.started_at, now))
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def finish_task(
+    db: Database,
+    task_id: str,
+    status: TaskStatus,
+    *,
+    outputs: Sequence[dict[str, Any]] = (),
+    audio_s: float = 0.0,
+    error_code: str | None = None,
+    error_message: str | None = None,
+) -> bool:
+    """Move an active task to a terminal status. False when it had already ended, so the
+    first ending wins and a redelivered message changes nothing."""
+    async with db.session() as session, session.begin():
+        task = await session.get(Task, task_id, with_for_update=True)
+        if task is None or TaskStatus(task.status).terminal:
+            return False
+        now = utcnow()
+        task.status = status
+        task.finished_at = now
+        task.started_at = task.started_at or now
+        task.processing_s = (now - _aware(task.started_at)).total_seconds()
+        task.outputs = list(outputs)
+        task.audio_s = audio_s
+        task.error_code, task.error_message = error_code, error_message
+        return True
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; they were written as UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@dataclass
+class WorkflowStats:
+    workflow: str
+    counts: dict[str, int] = field(default_factory=dict)
+    audio_seconds: float = 0.0
+    avg_processing_s: float | None = None
+
+
+async def user_stats(
+    db: Database, user_id: str, start: datetime | None, end: datetime | None
+) -> list[WorkflowStats]:
+    """Per workflow: tasks by status, seconds of audio generated, mean processing time."""
+    filters = [Task.user_id == user_id]
+    if start is not None:
+        filters.append(Task.created_at >= start)
+    if end is not None:
+        filters.append(Task.created_at < end)
+    query = (
+        select(
+            Task.workflow,
+            Task.status,
+            func.count(),
+            func.coalesce(func.sum(Task.audio_s), 0.0),
+            func.sum(Task.processing_s),
+            func.count(Task.processing_s),
+        )
+        .where(*filters)
+        .group_by(Task.workflow, Task.status)
+        .order_by(Task.workflow)
+    )
+    by_workflow: dict[str, WorkflowStats] = {}
+    totals: dict[str, tuple[float, int]] = {}
+    async with db.session() as session:
+        for workflow, status, count, audio, proc_sum, proc_n in await session.execute(query):
+            stats = by_workflow.setdefault(workflow, WorkflowStats(workflow))
+            stats.counts[status] = int(count)
+            stats.audio_seconds += float(audio)
+            seconds, n = totals.get(workflow, (0.0, 0))
+            totals[workflow] = (seconds + float(proc_sum or 0.0), n + int(proc_n))
+    for workflow, (seconds, n) in totals.items():
+        by_workflow[workflow].avg_processing_s = seconds / n if n else None
+    return list(by_workflow.values())

@@ -1,0 +1,325 @@
+"""Fixtures that give tests the real services of this machine.
+
+Postgres, Redis and RabbitMQ are the machine's own; S3 is moto's server on loopback. Each test
+session gets its own Postgres database (built by the Alembic migrations), its own RabbitMQ
+vhost and its own Redis database index, so runs never see each other's messages or rows.
+Under CI=true a missing service fails the run; locally it skips the tests that need it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+TOKEN = "test-token-" + uuid.uuid4().hex[:8]
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+PG = ("127.0.0.1", 5432)
+REDIS = ("127.0.0.1", 6379)
+RABBIT = ("127.0.0.1", 5672)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def reachable(addr: tuple[str, int]) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(addr, timeout=1):
+        return True
+    return False
+
+
+def need(name: str, addr: tuple[str, int]) -> None:
+    """Fail under CI, skip elsewhere, when a real service is not there."""
+    if reachable(addr):
+        return
+    message = f"{name} is not reachable at {addr[0]}:{addr[1]}"
+    if IN_CI:
+        pytest.fail(message + " (CI must start it: see .ci/run)")
+    pytest.skip(message)
+
+
+# --- Postgres ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A fresh database, migrated to head by Alembic (never create_all)."""
+    need("Postgres", PG)
+    name = f"aimarket_test_{uuid.uuid4().hex[:10]}"
+    _psql(f'CREATE DATABASE "{name}"')
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    from db.migrate import upgrade
+
+    upgrade(url)
+    yield url
+    _psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _psql(sql: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(host=PG[0], port=PG[1], user="postgres", database="postgres")
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+# --- Redis and RabbitMQ -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_db() -> int:
+    need("Redis", REDIS)
+    import redis
+
+    index = 11
+    redis.Redis(host=REDIS[0], port=REDIS[1], db=index).flushdb()
+    return index
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_vhost() -> Iterator[str]:
+    need("RabbitMQ", RABBIT)
+    vhost = f"aimarket-test-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
+    subprocess.run(
+        ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+        check=True,
+        capture_output=True,
+    )
+    yield vhost
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
+
+
+# --- S3 (moto's server, real HTTP on loopback) --------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+# --- Models -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random checkpoints written by the project's own `models make-tiny`."""
+    base = tmp_path_factory.mktemp("models")
+    out = {}
+    for kind in ("musicgen", "audiogen"):
+        subprocess.run(
+            [str(BIN / "aimarket"), "models", "make-tiny", str(base / kind), "--kind", kind],
+            check=True,
+            capture_output=True,
+        )
+        out[kind] = base / kind
+    return out
+
+
+# --- The whole service as subprocesses ------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def extra_workflows(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workflow folder an operator might add; `broken-model` fails in its generate stage."""
+    folder = tmp_path_factory.mktemp("workflows")
+    (folder / "broken-model.yaml").write_text(
+        (ROOT / "tests" / "data" / "broken-model.yaml").read_text()
+    )
+    return folder
+
+
+@pytest.fixture(scope="session")
+def service_env(
+    database_url: str,
+    redis_db: int,
+    rabbitmq_vhost: str,
+    s3_endpoint: str,
+    tiny_models: dict[str, Path],
+    extra_workflows: Path,
+) -> dict[str, str]:
+    """The environment of an operator's deployment, pointing at this session's backends."""
+    # Start from a clean slate: a developer's own settings must not leak into the tests.
+    keep = ("PATH", "HOME", "LANG", "TMPDIR", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+    env = {k: v for k, v in os.environ.items() if k in keep or k.startswith("LC_")}
+    env.update(
+        DATABASE_URL=database_url,
+        REDIS_HOST=REDIS[0],
+        REDIS_PORT=str(REDIS[1]),
+        REDIS_DB_NAME=str(redis_db),
+        RABBITMQ_HOST=RABBIT[0],
+        RABBITMQ_PORT=str(RABBIT[1]),
+        RABBITMQ_VHOST=rabbitmq_vhost,
+        S3_ENDPOINT_URL=s3_endpoint,
+        S3_BUCKET="aimarket-test",
+        AWS_ACCESS_KEY="testing",
+        AWS_SECRET_KEY="testing",  # noqa: S105
+        MARKETPLACE_TOKEN=TOKEN,
+        MUSIC_GEN_MODEL=str(tiny_models["musicgen"]),
+        AUDIO_GEN_MODEL=str(tiny_models["audiogen"]),
+        WORKFLOWS_DIRS=str(extra_workflows),
+        DEVICE="cpu",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        LOG_LEVEL="INFO",
+    )
+    return env
+
+
+@dataclass
+class Proc:
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-6000:]
+
+
+def start(args: list[str], env: dict[str, str], log: Path, cwd: Path) -> Proc:
+    handle = log.open("wb")
+    proc = subprocess.Popen(args, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd)
+    return Proc(proc, log)
+
+
+def stop(proc: Proc) -> None:
+    proc.proc.terminate()
+    try:
+        proc.proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def api_url(
+    service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """`aimarket serve` on a free port, ready when /health/ready says so."""
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("api")
+    proc = start(
+        [str(BIN / "aimarket"), "serve", "--port", str(port)],
+        service_env,
+        workdir / "api.log",
+        workdir,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        if proc.proc.poll() is not None:
+            pytest.fail("the API exited:\n" + proc.output())
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + "/health/ready", timeout=5).status_code == 200:
+                break
+        if time.monotonic() > deadline:
+            stop(proc)
+            pytest.fail("the API did not become ready:\n" + proc.output())
+        time.sleep(0.2)
+    yield url
+    stop(proc)
+
+
+@pytest.fixture(scope="session")
+def worker(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    """`aimarket worker` consuming every queue, as a developer runs it."""
+    workdir = tmp_path_factory.mktemp("worker")
+    proc = start(
+        [str(BIN / "aimarket"), "worker", "--threads", "4"],
+        service_env,
+        workdir / "worker.log",
+        workdir,
+    )
+    time.sleep(1.0)
+    if proc.proc.poll() is not None:
+        pytest.fail("the worker exited:\n" + proc.output())
+    yield proc
+    stop(proc)
+
+
+@pytest.fixture
+def client(api_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=api_url, headers={"authorization": f"Bearer {TOKEN}"}, timeout=30
+    ) as c:
+        yield c
+
+
+# --- Callback receiver ----------------------------------------------------------------------
+
+
+@dataclass
+class Receiver:
+    url: str
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    event: threading.Condition = field(default_factory=threading.Condition)
+    status: int = 200
+
+    def wait_for(self, task_id: str, timeout: float = 120) -> dict[str, Any]:
+        """The first callback body for ``task_id``."""
+        deadline = time.monotonic() + timeout
+        with self.event:
+            while True:
+                for body in self.calls:
+                    if body.get("task_id") == task_id:
+                        return body
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no callback for {task_id} within {timeout}s")
+                self.event.wait(left)
+
+
+@pytest.fixture(scope="session")
+def receiver() -> Iterator[Receiver]:
+    """A local HTTP server that records every callback POSTed to it."""
+    port = free_port()
+    rec = Receiver(url=f"http://127.0.0.1:{port}/hook")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            with rec.event:
+                rec.calls.append(json.loads(body))
+                rec.event.notify_all()
+            self.send_response(rec.status)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield rec
+    server.shutdown()
