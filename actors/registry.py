@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import dramatiq
+from dramatiq.middleware import CurrentMessage
 
 from actors.errors import StageError
 from actors.resources import resources
@@ -32,7 +33,9 @@ def stage(name: str, *, queue: str = "default", **options: Any) -> Callable[[Sta
 
     def register(fn: StageFn) -> Any:
         @functools.wraps(fn)
-        async def run(task_id: str, workflow: str, stage_id: str, *rest: Any) -> dict[str, Any]:
+        async def run(
+            task_id: str, workflow: str, stage_id: str, *rest: Any
+        ) -> dict[str, Any] | None:
             state = resources().state
             await state.stage_event(task_id, stage_id, "running")
             try:
@@ -41,12 +44,18 @@ def stage(name: str, *, queue: str = "default", **options: Any) -> Callable[[Sta
                 await state.stage_event(task_id, stage_id, "error")
                 raise
             await state.stage_event(task_id, stage_id, "done")
-            return result
+            return result if _piped() else None
 
-        actor = dramatiq.actor(
-            run, actor_name=name, queue_name=queue, throws=(StageError,), **options
+        actor = dramatiq.actor(actor_name=name, queue_name=queue, throws=(StageError,), **options)(
+            run
         )
         STAGE_QUEUES[name] = queue
         return actor
 
     return register
+
+
+def _piped() -> bool:
+    """Whether a next stage will receive this stage's result (else nothing keeps it)."""
+    message = CurrentMessage.get_current_message()
+    return message is None or message.options.get("pipe_target") is not None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
-from dramatiq.middleware import AsyncIO
+from dramatiq.middleware import AsyncIO, CurrentMessage, Retries
 
 from aimarket.settings import Settings, SettingsError
 
@@ -25,10 +25,12 @@ def setup_broker(settings: Settings) -> dramatiq.Broker:
     # confirm_delivery: a 202 means RabbitMQ has the message, not that pika buffered it.
     broker = RabbitmqBroker(url=url, confirm_delivery=True)
     broker.add_middleware(AsyncIO())
+    broker.add_middleware(CurrentMessage())
     from actors.failures import TaskFailures
 
-    # Added after Retries, so it sees ``message.failed`` once retries are exhausted.
-    broker.add_middleware(TaskFailures())
+    # "after" hooks run in reverse order: placed before Retries, it runs after it and so sees
+    # ``message.failed`` once Retries has given up on the message.
+    broker.add_middleware(TaskFailures(), before=Retries)
     dramatiq.set_broker(broker)
     import actors.all  # noqa: F401  (registers every stage actor on this broker)
 

@@ -83,7 +83,8 @@ def worker(queues: str, processes: int, threads: int | None) -> None:
     except SettingsError as exc:
         fail(str(exc))
     argv = ["aimarket.worker_boot", "-p", str(processes), "-t", str(threads), "-Q", *names]
-    sys.exit(dramatiq_main(make_argument_parser().parse_args(argv)))
+    args = make_argument_parser().parse_args(argv)  # type: ignore[no-untyped-call]
+    sys.exit(dramatiq_main(args))  # type: ignore[no-untyped-call]
 
 
 @main.group()

@@ -5,7 +5,7 @@ record is the database."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import redis.asyncio as aioredis
@@ -52,7 +52,7 @@ class TaskState:
 
     async def get(self, task_id: str) -> dict[str, Any]:
         """``{"stages": {id: entry}, "result": {...}}`` or empty when nothing is kept."""
-        raw: dict[bytes, bytes] = await self.redis.hgetall(_task_key(task_id))  # type: ignore[misc]
+        raw = cast(dict[bytes, bytes], await self.redis.hgetall(_task_key(task_id)))
         out: dict[str, Any] = {"stages": {}}
         for field, value in raw.items():
             name = field.decode()
@@ -66,14 +66,13 @@ class TaskState:
         await self.redis.set(key, data, ex=BLOB_TTL_S)
 
     async def get_blob(self, key: str) -> bytes | None:
-        value: bytes | None = await self.redis.get(key)
-        return value
+        return cast(bytes | None, await self.redis.get(key))
 
     async def delete_blob(self, key: str) -> None:
         await self.redis.delete(key)
 
     async def ping(self) -> None:
-        await self.redis.ping()  # type: ignore[misc]
+        await self.redis.ping()
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -48,17 +48,22 @@ def api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[Any]:
 _PATH = re.compile(r"`?\$\.([\w.\[\]]+)`?")
 
 
+_FIELD_IN_MESSAGE = re.compile(r"field `([^`]+)`")
+
+
 def validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
-    """Litestar's body/query validation: malformed JSON or a body of the wrong shape."""
+    """Litestar's body/query validation: a body or parameter of the wrong shape."""
     extra = exc.extra if isinstance(exc.extra, list) else []
     first = extra[0] if extra and isinstance(extra[0], dict) else {}
     message = str(first.get("message") or exc.detail)
-    if "JSON is malformed" in message or "malformed" in str(exc.detail).lower():
-        return _json(400, ErrorBody(code="malformed_json", message="the body is not valid JSON"))
     field = first.get("key") or None
-    match = _PATH.search(message)
-    if match:
-        field = match.group(1)
+    # For the body as a whole Litestar names "data"; msgspec's message names the real field.
+    named = _FIELD_IN_MESSAGE.search(message)
+    if field == "data" and named:
+        field = named.group(1)
+    path = _PATH.search(message)
+    if path:
+        field = path.group(1)
         message = _PATH.sub("", message).replace(" - at ", "").strip(" -")
     return _json(400, ErrorBody(code="invalid_request", message=message, field=field))
 
@@ -72,6 +77,10 @@ def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
         )
     if isinstance(exc, NotFoundException):
         return _json(404, ErrorBody(code="not_found", message=exc.detail))
+    if exc.status_code == 400:
+        # What reaches here as a bare 400 is a body msgspec could not decode.
+        message = f"the body is not valid JSON: {exc.detail}"
+        return _json(400, ErrorBody(code="malformed_json", message=message))
     code = {405: "method_not_allowed", 413: "body_too_large", 429: "rate_limited"}.get(
         exc.status_code, "http_error"
     )

@@ -19,13 +19,17 @@ class CreateTask(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         dict[str, Any],
         msgspec.Meta(description="Inputs, checked against the workflow's input schema."),
     ] = {}
-    callback_url: Annotated[
-        str | None,
-        msgspec.Meta(
-            max_length=2000,
-            description="Where the final task view is POSTed; defaults to MARKETPLACE_CALLBACK.",
-        ),
-    ] = None
+    callback_url: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                max_length=2000,
+                description="Where the final task view is POSTed; "
+                "defaults to MARKETPLACE_CALLBACK.",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class WorkflowStatsOut(msgspec.Struct, kw_only=True):

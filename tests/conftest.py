@@ -186,7 +186,7 @@ def service_env(
         S3_ENDPOINT_URL=s3_endpoint,
         S3_BUCKET="aimarket-test",
         AWS_ACCESS_KEY="testing",
-        AWS_SECRET_KEY="testing",  # noqa: S105
+        AWS_SECRET_KEY="testing",
         MARKETPLACE_TOKEN=TOKEN,
         MUSIC_GEN_MODEL=str(tiny_models["musicgen"]),
         AUDIO_GEN_MODEL=str(tiny_models["audiogen"]),
@@ -223,9 +223,7 @@ def stop(proc: Proc) -> None:
 
 
 @pytest.fixture(scope="session")
-def api_url(
-    service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
+def api_url(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`aimarket serve` on a free port, ready when /health/ready says so."""
     port = free_port()
     workdir = tmp_path_factory.mktemp("api")
@@ -307,7 +305,7 @@ def receiver() -> Iterator[Receiver]:
     rec = Receiver(url=f"http://127.0.0.1:{port}/hook")
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
             with rec.event:
                 rec.calls.append(json.loads(body))

@@ -25,7 +25,7 @@ class Plan:
 
     def pipeline(self, broker: dramatiq.Broker, task_id: str) -> dramatiq.pipeline:
         """The messages of one run; each carries only the task id and the stage's place."""
-        messages = [
+        messages: list[dramatiq.Message[Any]] = [
             dramatiq.Message(
                 queue_name=step.queue,
                 actor_name=step.stage.actor,

@@ -45,7 +45,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 import msgspec
 import yaml
@@ -287,7 +287,8 @@ def _describe(node: yaml.Node) -> str:
     return names.get(node.tag, f"a value tagged {node.tag}")
 
 
-def _is_scalar(node: yaml.Node, *tags: str) -> bool:
+def _is_scalar(node: yaml.Node, *tags: str) -> TypeGuard[yaml.ScalarNode]:
+    """A scalar node whose resolved tag is one of ``tags``."""
     return isinstance(node, yaml.ScalarNode) and node.tag in tags
 
 
@@ -562,7 +563,9 @@ class _Checker:
             value = _SCALARS.construct_yaml_float(node)
             if math.isfinite(value):
                 return value
-        self.wrong_type(node, what, "a finite number")
+            self.report(node, "wrong-type", f"{what} must be a finite number, not {node.value}")
+            return None
+        self.wrong_type(node, what, "a number")
         return None
 
     def json_value(self, node: yaml.Node, what: str, path: tuple[int, ...] = ()) -> Any:
@@ -648,12 +651,26 @@ class _Checker:
         default = self.check_default(entries.get("default"), ftype, limits, enum, what)
         if self.failed_since(mark):
             return None
+
+        def bound(key: str) -> Number | None:
+            limit = limits.get(key)
+            return None if limit is None else limit.value
+
+        def length(key: str) -> int | None:
+            limit = limits.get(key)
+            return None if limit is None else int(limit.value)
+
         return InputField(
             type=ftype,
             description=description,
             default=msgspec.UNSET if default is None else default,
             enum=tuple(enum) if enum is not None else None,
-            **{key: limit.value for key, limit in limits.items()},
+            minimum=bound("minimum"),
+            maximum=bound("maximum"),
+            exclusive_minimum=bound("exclusive_minimum"),
+            exclusive_maximum=bound("exclusive_maximum"),
+            min_length=length("min_length"),
+            max_length=length("max_length"),
         )
 
     def check_input_type(self, entry: _Entry | None) -> InputType | None:
@@ -913,10 +930,12 @@ class _Checker:
                     self.report(value, "duplicate-stage", message)
 
     def check_stage(self, index: int, node: yaml.Node) -> Stage | None:
-        what = f"stage {index}"
-        entries = self.sub_mapping(node, what)
+        entries = self.sub_mapping(node, f"stage {index}")
         if entries is None:
             return None
+        what = f"stage {index}"
+        if "id" in entries and _is_scalar(entries["id"].value, _STR):
+            what = f"stage {entries['id'].value.value!r}"  # easier to find than a number
         mark = self.mark()
         self.check_keys(entries, node, what, STAGE_KEYS, STAGE_REQUIRED, RESERVED_STAGE_KEYS)
         id_entry, actor_entry, queue_entry = (entries.get(k) for k in ("id", "actor", "queue"))
@@ -949,50 +968,52 @@ class _Checker:
         params: dict[str, Any] = self.json_value(entry.value, f"'params' of {what}")
         return params
 
-    def check_retry(self, entry: _Entry | None, what: str) -> RetryPolicy:
+    def check_retry(self, entry: _Entry | None, stage: str) -> RetryPolicy:
         """The retry policy; defaults fill what the file leaves out."""
         default = RetryPolicy()
         if entry is None:
             return default
-        what = f"'retry' of {what}"
-        entries = self.sub_mapping(entry.value, what)
+        entries = self.sub_mapping(entry.value, f"'retry' of {stage}")
         if entries is None:
             return default
-        self.check_keys(entries, entry.value, what, RETRY_KEYS, ())
-        attempts = self.check_max_attempts(entries.get("max_attempts"))
-        initial = self.check_seconds(entries.get("backoff_initial_s"), "'retry.backoff_initial_s'")
-        most = self.check_seconds(entries.get("backoff_max_s"), "'retry.backoff_max_s'")
+        self.check_keys(entries, entry.value, f"'retry' of {stage}", RETRY_KEYS, ())
+        attempts = self.check_max_attempts(entries.get("max_attempts"), stage)
+        initial_what = f"'retry.backoff_initial_s' of {stage}"
+        initial = self.check_seconds(entries.get("backoff_initial_s"), initial_what)
+        most = self.check_seconds(entries.get("backoff_max_s"), f"'retry.backoff_max_s' of {stage}")
         policy = RetryPolicy(
             max_attempts=default.max_attempts if attempts is None else attempts,
             backoff_initial_s=default.backoff_initial_s if initial is None else initial,
             backoff_max_s=default.backoff_max_s if most is None else most,
         )
         if most is not None:
-            self.check_backoff_max(entries["backoff_max_s"].value, policy)
+            self.check_backoff_max(entries["backoff_max_s"].value, policy, stage)
         return policy
 
-    def check_backoff_max(self, node: yaml.Node, policy: RetryPolicy) -> None:
+    def check_backoff_max(self, node: yaml.Node, policy: RetryPolicy, stage: str) -> None:
         most, initial = policy.backoff_max_s, policy.backoff_initial_s
         if most < initial:
             message = (
-                f"'retry.backoff_max_s' ({_fmt(most)}) is below "
+                f"'retry.backoff_max_s' of {stage} ({_fmt(most)}) is below its "
                 f"'retry.backoff_initial_s' ({_fmt(initial)})"
             )
             self.report(node, "out-of-range", message)
         elif most >= self.broker_limit:
             message = (
-                f"'retry.backoff_max_s' ({_fmt(most)}) must be below the broker's ack timeout "
-                f"of {_fmt(self.broker_limit)} s: a retried message stays unacked while it waits"
+                f"'retry.backoff_max_s' of {stage} ({_fmt(most)}) must be below the broker's "
+                f"ack timeout of {_fmt(self.broker_limit)} s: a retried message stays unacked "
+                "while it waits"
             )
             self.report(node, "backoff-over-broker-limit", message, _BROKER_HINT)
 
-    def check_max_attempts(self, entry: _Entry | None) -> int | None:
+    def check_max_attempts(self, entry: _Entry | None, stage: str) -> int | None:
         if entry is None:
             return None
-        attempts = self.integer(entry.value, "'retry.max_attempts'")
+        what = f"'retry.max_attempts' of {stage}"
+        attempts = self.integer(entry.value, what)
         low, high = MAX_ATTEMPTS_RANGE
         if attempts is not None and not low <= attempts <= high:
-            message = f"'retry.max_attempts' must be between {low} and {high}, not {attempts}"
+            message = f"{what} must be between {low} and {high}, not {attempts}"
             self.report(entry.value, "out-of-range", message)
             return None
         return attempts

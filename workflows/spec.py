@@ -74,8 +74,8 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
     at ``backoff_max_s``. ``max_attempts`` counts the first try (1 means no retry)."""
 
     max_attempts: int = 3
-    backoff_initial_s: float = 1
-    backoff_max_s: float = 60
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
 
 
 class Stage(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,0 +1,176 @@
+"""The HTTP contract: auth, validation errors, 404s, docs and health, against the real
+`aimarket serve` process and its real backends. Bad requests must leave nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import httpx
+import pika
+import pytest
+
+from tests.conftest import TOKEN
+
+
+def rows_for(database_url: str, user_id: str) -> int:
+    import asyncpg
+
+    async def count() -> int:
+        conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg", "postgresql"))
+        try:
+            return int(
+                await conn.fetchval("SELECT count(*) FROM tasks WHERE user_id = $1", user_id)
+            )
+        finally:
+            await conn.close()
+
+    return asyncio.run(count())
+
+
+def queued_messages(vhost: str) -> int:
+    params = pika.ConnectionParameters(
+        "127.0.0.1", 5672, vhost, pika.PlainCredentials("guest", "guest")
+    )
+    connection = pika.BlockingConnection(params)
+    try:
+        total = 0
+        for queue in ("default", "musicgen", "audiogen"):
+            channel = connection.channel()
+            try:
+                total += channel.queue_declare(queue, passive=True).method.message_count
+            except pika.exceptions.ChannelClosedByBroker:
+                continue  # never declared: nothing was ever queued there
+        return total
+    finally:
+        connection.close()
+
+
+def post(client: httpx.Client, body: Any) -> httpx.Response:
+    return client.post("/v1/tasks", json=body)
+
+
+GOOD = {"workflow": "text2music", "input": {"prompt": "calm piano", "duration": 5}}
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "code", "field"),
+    [
+        ({"workflow": "text2video"}, 422, "unknown_workflow", "workflow"),
+        ({"input": {"prompt": "", "duration": 5}}, 422, "invalid_input", "input.prompt"),
+        ({"input": {"prompt": "x" * 101, "duration": 5}}, 422, "invalid_input", "input.prompt"),
+        ({"input": {"duration": 5}}, 422, "invalid_input", "input.prompt"),
+        ({"input": {"prompt": "a", "duration": 0}}, 422, "invalid_input", "input.duration"),
+        ({"input": {"prompt": "a", "duration": 30.5}}, 422, "invalid_input", "input.duration"),
+        ({"input": {"prompt": "a", "duration": "5"}}, 422, "invalid_input", "input.duration"),
+        ({"input": {"prompt": "a", "speed": 2}}, 422, "invalid_input", "input.speed"),
+        ({"callback_url": "ftp://example.com/x"}, 422, "invalid_callback_url", "callback_url"),
+        ({"user_id": ""}, 400, "invalid_request", "user_id"),
+        ({"user_id": 42}, 400, "invalid_request", "user_id"),
+        ({"extra": True}, 400, "invalid_request", "extra"),
+    ],
+)
+def test_bad_request_is_refused_and_leaves_nothing(
+    client: httpx.Client,
+    database_url: str,
+    rabbitmq_vhost: str,
+    change: dict[str, Any],
+    status: int,
+    code: str,
+    field: str,
+) -> None:
+    user = f"bad-{uuid.uuid4().hex[:6]}"
+    body = {**GOOD, "user_id": user, **change}
+    response = post(client, body)
+    assert response.status_code == status, response.text
+    error = response.json()
+    assert error["code"] == code
+    assert error["field"] == field
+    assert error["message"]
+    assert rows_for(database_url, user) == 0
+    assert queued_messages(rabbitmq_vhost) == 0
+
+
+def test_malformed_json_is_a_400(client: httpx.Client, rabbitmq_vhost: str) -> None:
+    response = client.post(
+        "/v1/tasks",
+        content=b'{"workflow": "text2music",',
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 400
+    assert response.json()["code"] == "malformed_json"
+    assert queued_messages(rabbitmq_vhost) == 0
+
+
+def test_missing_field_names_it(client: httpx.Client) -> None:
+    response = post(client, {"workflow": "text2music", "input": {"prompt": "x"}})
+    assert response.status_code == 400
+    assert response.json()["field"] == "user_id"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"authorization": "Bearer wrong"},
+        {"authorization": f"Basic {TOKEN}"},
+        {"authorization": "Bearer"},
+    ],
+)
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/workflows"),
+        ("GET", "/v1/stats?user_id=a"),
+        ("POST", "/v1/tasks"),
+        ("GET", f"/v1/tasks/{uuid.uuid4()}"),
+    ],
+)
+def test_every_v1_route_needs_the_token(
+    api_url: str, headers: dict[str, str], method: str, path: str
+) -> None:
+    response = httpx.request(method, api_url + path, headers=headers, json=GOOD)
+    assert response.status_code == 401
+    assert response.json()["code"] == "unauthorized"
+
+
+def test_health_and_docs_need_no_token(api_url: str) -> None:
+    assert httpx.get(api_url + "/health/live").json() == {"status": "ok"}
+    ready = httpx.get(api_url + "/health/ready").json()
+    assert ready["checks"] == {"database": "ok", "redis": "ok", "rabbitmq": "ok", "s3": "ok"}
+    schema = httpx.get(api_url + "/schema/openapi.json").json()
+    assert schema["openapi"].startswith("3.1")
+    assert "/v1/tasks" in schema["paths"]
+    assert httpx.get(api_url + "/schema/swagger").status_code == 200
+
+
+def test_unknown_task_is_404(client: httpx.Client) -> None:
+    for task_id in (str(uuid.uuid4()), "not-a-uuid"):
+        response = client.get(f"/v1/tasks/{task_id}")
+        assert response.status_code == 404
+        assert response.json()["code"] == "not_found"
+
+
+def test_workflows_lists_schemas_with_settings_limits(client: httpx.Client) -> None:
+    workflows = {w["name"]: w for w in client.get("/v1/workflows").json()["workflows"]}
+    assert {"text2music", "text2sound"} <= set(workflows)
+    schema = workflows["text2music"]["input_schema"]
+    assert schema["properties"]["prompt"]["maxLength"] == 100
+    assert schema["properties"]["duration"]["maximum"] == 30
+    assert "prompt" in schema["required"]
+    queues = {s["id"]: s["queue"] for s in workflows["text2music"]["stages"]}
+    assert queues["generate"] == "musicgen"
+    assert {s["id"]: s["queue"] for s in workflows["text2sound"]["stages"]}[
+        "generate"
+    ] == "audiogen"
+
+
+def test_stats_needs_user_id_and_a_sane_range(client: httpx.Client) -> None:
+    assert client.get("/v1/stats").status_code == 400
+    response = client.get(
+        "/v1/stats",
+        params={"user_id": "u", "from": "2026-02-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"},
+    )
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_range"

@@ -1,0 +1,123 @@
+"""The whole path, for real: HTTP API -> RabbitMQ -> worker -> S3 + Redis + Postgres ->
+callback. The API and the worker are the `aimarket` commands, as an operator runs them."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+import soundfile as sf
+
+from tests.conftest import Proc, Receiver
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+def submit(
+    client: httpx.Client, workflow: str, user: str, receiver: Receiver, **inputs: Any
+) -> str:
+    response = client.post(
+        "/v1/tasks",
+        json={"workflow": workflow, "user_id": user, "input": inputs, "callback_url": receiver.url},
+    )
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["status"] == "queued"
+    assert response.headers["location"] == f"/v1/tasks/{body['task_id']}"
+    return str(body["task_id"])
+
+
+@pytest.mark.parametrize(
+    ("workflow", "duration", "sample_rate"),
+    [("text2music", 1.5, 32000), ("text2sound", 1.0, 16000)],
+)
+def test_workflow_runs_to_a_downloadable_wav(
+    client: httpx.Client,
+    receiver: Receiver,
+    worker: Proc,
+    workflow: str,
+    duration: float,
+    sample_rate: int,
+) -> None:
+    user = f"user-{uuid.uuid4().hex[:6]}"
+    task_id = submit(client, workflow, user, receiver, prompt="warm lofi piano", duration=duration)
+
+    called = receiver.wait_for(task_id)
+    assert called["status"] == "succeeded", (called, worker.output())
+
+    task = client.get(f"/v1/tasks/{task_id}").json()
+    assert task["status"] == "succeeded"
+    assert task["workflow"] == workflow
+    assert task["user_id"] == user
+    assert task["input"] == {"prompt": "warm lofi piano", "duration": duration}
+    assert task["started_at"]
+    assert task["finished_at"]
+    assert task["error"] is None
+    [output] = task["outputs"]
+    assert output["content_type"] == "audio/wav"
+    assert output["sample_rate"] == sample_rate
+    assert output["duration_s"] == pytest.approx(duration, abs=0.05)
+
+    # The presigned URL is fetched with a plain HTTP client, no credentials.
+    media = httpx.get(output["url"], timeout=30)
+    assert media.status_code == 200
+    assert len(media.content) == output["size_bytes"]
+    info = sf.info(io.BytesIO(media.content))
+    assert info.samplerate == sample_rate
+    assert info.duration == pytest.approx(duration, abs=0.05)
+    # The callback carried the same view (a fresh presigned URL for the same object).
+    assert called["outputs"][0]["size_bytes"] == output["size_bytes"]
+
+    stats = client.get("/v1/stats", params={"user_id": user}).json()
+    [row] = stats["workflows"]
+    assert row["workflow"] == workflow
+    assert row["counts"] == {"succeeded": 1}
+    assert row["audio_seconds"] == pytest.approx(duration, abs=0.05)
+    assert row["avg_processing_s"] > 0
+
+
+def test_failing_stage_ends_failed_and_calls_back(
+    client: httpx.Client, receiver: Receiver, worker: Proc
+) -> None:
+    user = f"user-{uuid.uuid4().hex[:6]}"
+    task_id = submit(client, "broken-model", user, receiver, prompt="anything")
+
+    called = receiver.wait_for(task_id)
+    assert called["status"] == "failed", worker.output()
+    assert called["error"]["code"] == "model_unavailable"
+    assert "/nonexistent/aimarket-test-checkpoint" in called["error"]["message"]
+
+    task = client.get(f"/v1/tasks/{task_id}").json()
+    assert task["status"] == "failed"
+    assert task["outputs"] == []
+    assert task["error"]["code"] == "model_unavailable"
+    assert task["finished_at"] is not None
+
+    stats = client.get("/v1/stats", params={"user_id": user}).json()
+    assert stats["workflows"][0]["counts"] == {"failed": 1}
+    assert stats["workflows"][0]["audio_seconds"] == 0
+
+
+def test_both_workflows_counted_per_user(
+    client: httpx.Client, receiver: Receiver, worker: Proc
+) -> None:
+    user = f"user-{uuid.uuid4().hex[:6]}"
+    ids = [
+        submit(client, "text2music", user, receiver, prompt="drums", duration=0.5),
+        submit(client, "text2sound", user, receiver, prompt="rain", duration=0.5),
+        submit(client, "text2sound", user, receiver, prompt="wind", duration=0.5),
+    ]
+    for task_id in ids:
+        assert receiver.wait_for(task_id)["status"] == "succeeded", worker.output()
+    stats = client.get("/v1/stats", params={"user_id": user}).json()
+    rows = {row["workflow"]: row for row in stats["workflows"]}
+    assert rows["text2music"]["counts"] == {"succeeded": 1}
+    assert rows["text2sound"]["counts"] == {"succeeded": 2}
+    assert rows["text2sound"]["total"] == 2
+    assert rows["text2sound"]["audio_seconds"] == pytest.approx(1.0, abs=0.05)
+    # Another user sees none of it.
+    other = client.get("/v1/stats", params={"user_id": user + "-other"}).json()
+    assert other["workflows"] == []
