@@ -222,8 +222,14 @@ def stop(proc: Proc) -> None:
         proc.proc.kill()
 
 
+@dataclass
+class Api:
+    url: str
+    proc: Proc
+
+
 @pytest.fixture(scope="session")
-def api_url(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def api(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     """`aimarket serve` on a free port, ready when /health/ready says so."""
     port = free_port()
     workdir = tmp_path_factory.mktemp("api")
@@ -245,8 +251,13 @@ def api_url(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactor
             stop(proc)
             pytest.fail("the API did not become ready:\n" + proc.output())
         time.sleep(0.2)
-    yield url
+    yield Api(url, proc)
     stop(proc)
+
+
+@pytest.fixture(scope="session")
+def api_url(api: Api) -> str:
+    return api.url
 
 
 @pytest.fixture(scope="session")

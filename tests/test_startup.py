@@ -1,0 +1,114 @@
+"""Start-up: a broken deployment refuses to start with one clear line; the API process
+never imports torch; readiness names the backend that is down."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import BIN, ROOT, Api, free_port, start, stop
+
+
+def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "aimarket"), *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_serve_without_token_names_the_variable(
+    service_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {k: v for k, v in service_env.items() if k != "MARKETPLACE_TOKEN"}
+    result = run_cli(["serve", "--port", str(free_port())], env, tmp_path)
+    assert result.returncode == 2
+    assert "MARKETPLACE_TOKEN is required" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_invalid_setting_in_dotenv_stops_start_up(
+    service_env: dict[str, str], tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_text("MAX_DURATION=forever\n")
+    env = {k: v for k, v in service_env.items() if k != "MAX_DURATION"}
+    result = run_cli(["serve"], env, tmp_path)
+    assert result.returncode == 2
+    assert "MAX_DURATION is invalid" in result.stderr
+
+
+def test_broken_workflow_stops_start_up_with_file_and_line(
+    service_env: dict[str, str], tmp_path: Path
+) -> None:
+    broken = tmp_path / "flows"
+    broken.mkdir()
+    (broken / "unknown-actor.yaml").write_text(
+        (ROOT / "tests" / "workflows_broken" / "unknown-actor.yaml").read_text()
+    )
+    env = {**service_env, "WORKFLOWS_DIRS": str(broken)}
+    for args in (["serve", "--port", str(free_port())], ["workflows", "validate"]):
+        result = run_cli(args, env, tmp_path)
+        assert result.returncode != 0
+        output = result.stderr + result.stdout
+        assert f"{broken / 'unknown-actor.yaml'}:" in output
+        assert "unknown-actor" in output
+        assert "Traceback" not in output
+
+
+def test_validate_json_format(service_env: dict[str, str], tmp_path: Path) -> None:
+    import json
+
+    target = ROOT / "tests" / "workflows_broken" / "many-errors.yaml"
+    result = run_cli(
+        ["workflows", "validate", "--format", "json", str(target)], service_env, tmp_path
+    )
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    codes = {d["code"] for d in report["diagnostics"]}
+    assert {"unknown-actor", "duplicate-stage", "wrong-type"} <= codes
+    assert all(d["line"] > 0 and d["column"] > 0 for d in report["diagnostics"])
+
+
+def test_api_process_does_not_load_torch(api: Api) -> None:
+    # The API must stay light: torch and audiocraft belong to the generation workers only.
+    maps = Path(f"/proc/{api.proc.proc.pid}/maps").read_text()
+    assert "libtorch" not in maps
+    assert "/audiocraft/" not in maps
+    assert "/torch/" not in maps
+
+
+def test_ready_is_503_and_names_the_backend_that_is_down(
+    service_env: dict[str, str], tmp_path: Path
+) -> None:
+    port = free_port()
+    dead = str(free_port())  # nothing listens there
+    env = {**service_env, "REDIS_PORT": dead}
+    proc = start(
+        [str(BIN / "aimarket"), "serve", "--port", str(port)], env, tmp_path / "api.log", tmp_path
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                response = httpx.get(url + "/health/ready", timeout=10)
+                break
+            except httpx.HTTPError:
+                if proc.proc.poll() is not None:
+                    pytest.fail(proc.output())
+                import time
+
+                time.sleep(0.1)
+        assert response.status_code == 503
+        body = response.json()
+        assert body["status"] == "down: redis"
+        assert body["checks"]["redis"].startswith("down")
+        assert body["checks"]["database"] == "ok"
+        assert httpx.get(url + "/health/live").status_code == 200
+    finally:
+        stop(proc)
