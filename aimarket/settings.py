@@ -84,6 +84,9 @@ class Settings(msgspec.Struct, kw_only=True, rename="upper", forbid_unknown_fiel
     s3_bucket: str = "aimarket"
     #: For MinIO-style servers; empty means AWS itself. The bucket is created when missing.
     s3_endpoint_url: str | None = None
+    #: Endpoint written into presigned URLs when clients reach S3 by another address than the
+    #: services do (e.g. http://minio:9000 inside compose, https://media.example.com outside).
+    s3_public_endpoint_url: str | None = None
     aws_region_name: str = "us-east-1"
     aws_access_key: str | None = None
     aws_secret_key: str | None = None

@@ -20,25 +20,32 @@ def media_key(task_id: str, name: str, index: int, extension: str = "wav") -> st
     return f"tasks/{task_id}/{name}-{index}.{extension}"
 
 
+def _client(settings: Settings, endpoint_url: str | None) -> S3Client:
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name=settings.aws_region_name,
+        aws_access_key_id=settings.aws_access_key,
+        aws_secret_access_key=settings.aws_secret_key,
+        # SigV4 everywhere; path-style addressing works with MinIO and moto by IP or name.
+        config=Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 3, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=30,
+        ),
+    )
+
+
 class MediaStore:
     def __init__(self, settings: Settings) -> None:
         self.bucket = settings.s3_bucket
         self.url_ttl = settings.presigned_url_ttl
-        self.client: S3Client = boto3.client(
-            "s3",
-            endpoint_url=settings.s3_endpoint_url,
-            region_name=settings.aws_region_name,
-            aws_access_key_id=settings.aws_access_key,
-            aws_secret_access_key=settings.aws_secret_key,
-            # SigV4 everywhere; path-style addressing works with MinIO and moto by IP or name.
-            config=Config(
-                signature_version="s3v4",
-                s3={"addressing_style": "path"},
-                retries={"max_attempts": 3, "mode": "standard"},
-                connect_timeout=5,
-                read_timeout=30,
-            ),
-        )
+        self.client = _client(settings, settings.s3_endpoint_url)
+        # Presigning is local computation; a second client only changes the URL's host.
+        public = settings.s3_public_endpoint_url
+        self.signer = _client(settings, public) if public else self.client
 
     def ensure_bucket(self) -> None:
         """Create the bucket when it is missing (MinIO and fresh test servers start empty)."""
@@ -67,6 +74,6 @@ class MediaStore:
 
     def presign(self, key: str) -> str:
         """An expiring GET URL; computed locally, no request to S3."""
-        return self.client.generate_presigned_url(
+        return self.signer.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.url_ttl
         )

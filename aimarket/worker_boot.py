@@ -13,6 +13,10 @@ settings = get_settings()
 logging.getLogger().setLevel(settings.log_level.upper())
 broker = setup_broker(settings)
 
+from actors.audio_models import configure_cache  # noqa: E402  (light: torch loads on first use)
+
+configure_cache(settings.cache_model_dir)
+
 from actors.registry import STAGE_QUEUES  # noqa: E402  (filled by setup_broker)
 from actors.resources import resources  # noqa: E402
 

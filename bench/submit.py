@@ -112,6 +112,8 @@ class Phase:
     cpu_ms_per_op: dict[str, float] = field(default_factory=dict)
     #: Share of the machine's CPU time (all cores) that was busy during the phase.
     machine_busy: float = 0.0
+    #: The busiest processes inside "other", CPU ms per accepted operation.
+    other_top_ms_per_op: dict[str, float] = field(default_factory=dict)
     #: Median of each part of an operation, in ms (bare loops: insert + commit, publish).
     parts_p50_ms: dict[str, float] = field(default_factory=dict)
 
@@ -164,29 +166,38 @@ def _process_cpu(pid: int) -> tuple[str, dict[int, float]] | None:
     return comm, threads
 
 
-def _machine_cpu() -> tuple[float, float]:
-    """(busy, total) CPU seconds of all cores since boot, from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal
-    idle = fields[3] + fields[4]
-    return (total - idle) / CLK_TCK, total / CLK_TCK
+@dataclass
+class MachineCpu:
+    """CPU seconds of all cores since boot, from the first line of /proc/stat."""
+
+    busy_s: float  # everything but idle and iowait
+    total_s: float
+    irq_s: float  # interrupts and softirqs: on loopback, much of the TCP work lands here
+    steal_s: float  # time the hypervisor gave this VM's vCPUs to someone else
+
+
+def _machine_cpu() -> MachineCpu:
+    f = [int(x) / CLK_TCK for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is inside user already)
+    total = sum(f[:8])
+    return MachineCpu(total - f[3] - f[4], total, f[5] + f[6], f[7])
 
 
 def background_busy(seconds: float = 2.0) -> float:
     """Share of the machine's CPU busy while this benchmark does nothing: other work on a
     shared machine competes for the same cores and lowers every figure."""
-    busy0, total0 = _machine_cpu()
+    before = _machine_cpu()
     time.sleep(seconds)
-    busy1, total1 = _machine_cpu()
-    return (busy1 - busy0) / (total1 - total0) if total1 > total0 else 0.0
+    after = _machine_cpu()
+    total = after.total_s - before.total_s
+    return (after.busy_s - before.busy_s) / total if total > 0 else 0.0
 
 
 @dataclass
 class CpuSnapshot:
     #: (pid, tid) -> (process name, CPU seconds of that thread so far)
     threads: dict[tuple[int, int], tuple[str, float]]
-    busy_s: float
-    total_s: float
+    machine: MachineCpu
 
 
 def cpu_snapshot() -> CpuSnapshot:
@@ -196,14 +207,18 @@ def cpu_snapshot() -> CpuSnapshot:
             comm, per_thread = found
             for tid, seconds in per_thread.items():
                 threads[int(entry.name), tid] = (comm, seconds)
-    busy, total = _machine_cpu()
-    return CpuSnapshot(threads, busy, total)
+    return CpuSnapshot(threads, _machine_cpu())
 
 
-def cpu_groups(before: CpuSnapshot, after: CpuSnapshot, api_pid: int) -> dict[str, float]:
+def cpu_groups(
+    before: CpuSnapshot, after: CpuSnapshot, api_pid: int
+) -> tuple[dict[str, float], Counter[str]]:
     """CPU seconds spent between two snapshots: the API process, this process (the HTTP
-    client, or the bare loop), Postgres backends, RabbitMQ, and the rest of the machine."""
+    client, or the bare loop), Postgres backends, RabbitMQ, interrupts, stolen time and the
+    rest of the machine (other processes, kernel threads, threads that ended meanwhile).
+    Also the other processes by name, to tell a noisy neighbour from the benchmark."""
     groups = dict.fromkeys(("api", "bench", "postgres", "rabbitmq"), 0.0)
+    others: Counter[str] = Counter()
     for (pid, tid), (comm, seconds) in after.threads.items():
         used = seconds - before.threads.get((pid, tid), (comm, 0.0))[1]
         if pid == api_pid:
@@ -214,9 +229,13 @@ def cpu_groups(before: CpuSnapshot, after: CpuSnapshot, api_pid: int) -> dict[st
             groups["postgres"] += used
         elif comm.startswith(("beam", "erl_child")):
             groups["rabbitmq"] += used
-    # "other" also absorbs threads that ended during the phase (e.g. a health-check thread).
-    groups["other"] = max(0.0, (after.busy_s - before.busy_s) - sum(groups.values()))
-    return groups
+        elif used > 0:
+            others[comm] += used
+    groups["irq"] = after.machine.irq_s - before.machine.irq_s
+    groups["steal"] = after.machine.steal_s - before.machine.steal_s
+    busy = after.machine.busy_s - before.machine.busy_s
+    groups["other"] = max(0.0, busy - sum(groups.values()))
+    return groups, others
 
 
 # --- Backends -----------------------------------------------------------------------------
@@ -468,11 +487,13 @@ async def drive(
     phase = summarize(name, concurrency, n, wall, latencies, errors)
     if before is not None:
         after = cpu_snapshot()
-        used = cpu_groups(before, after, api_pid)
+        used, others = cpu_groups(before, after, api_pid)
         per = max(1, phase.accepted)
         phase.cpu_ms_per_op = {k: v * 1000 / per for k, v in used.items()}
-        total = after.total_s - before.total_s
-        phase.machine_busy = (after.busy_s - before.busy_s) / total if total > 0 else 0.0
+        phase.other_top_ms_per_op = {k: v * 1000 / per for k, v in others.most_common(3)}
+        total = after.machine.total_s - before.machine.total_s
+        busy = after.machine.busy_s - before.machine.busy_s
+        phase.machine_busy = busy / total if total > 0 else 0.0
     return phase
 
 
@@ -669,6 +690,9 @@ def render(report: dict[str, Any]) -> str:
     for p in report["phases"]:
         parts = ", ".join(f"{k} {v:.2f}" for k, v in p["cpu_ms_per_op"].items())
         lines.append(f"  {p['name']:<28}{parts} ({p['machine_busy']:.0%} busy)")
+        if p["other_top_ms_per_op"]:
+            top = ", ".join(f"{k} {v:.2f}" for k, v in p["other_top_ms_per_op"].items())
+            lines.append(f"  {'':<28}busiest in other: {top}")
     lines += ["", "median ms of each part of a bare-loop task:"]
     for p in report["phases"]:
         if p["parts_p50_ms"]:
