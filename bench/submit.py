@@ -377,15 +377,20 @@ class Api:
         return self.log_path.read_text(errors="replace")[-4000:]
 
 
-def start_api(env: dict[str, str], stack: contextlib.ExitStack) -> Api:
+def start_api(env: dict[str, str], stack: contextlib.ExitStack, profile: Path | None = None) -> Api:
     port = free_port()
     workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="aimarket-bench-")))
     log_path = workdir / "api.log"
     handle = stack.enter_context(log_path.open("wb"))
     # cwd is an empty folder, so no .env of the checkout is read.
+    command = [str(BIN / "aimarket"), "serve", "--port", str(port)]
+    if profile is not None:
+        # cProfile sees the event loop's thread, where the request handling runs; it writes
+        # the file when uvicorn exits on SIGTERM. It slows the API: not for the figures.
+        command = [sys.executable, "-m", "cProfile", "-o", str(profile.resolve()), *command]
     spawned = time.perf_counter()
     proc = subprocess.Popen(
-        [str(BIN / "aimarket"), "serve", "--port", str(port)],
+        command,
         env=env,
         stdout=handle,
         stderr=subprocess.STDOUT,
@@ -731,6 +736,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="skip the bare loop with --concurrency coroutines",
     )
+    parser.add_argument(
+        "--profile-api",
+        type=Path,
+        metavar="FILE",
+        help="run the API under cProfile and write its stats to FILE (slows it down)",
+    )
     args = parser.parse_args(argv)
     if args.requests < 1 or args.concurrency < 1 or args.warmup < 0:
         parser.error("--requests and --concurrency must be >= 1, --warmup >= 0")
@@ -747,7 +758,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         backends = setup_backends(stack)
         env = service_env(backends)
-        api = start_api(env, stack)
+        api = start_api(env, stack, args.profile_api)
 
         async def measure_all() -> list[Phase]:
             api_phase = await measure_api(api, args, run_tag)

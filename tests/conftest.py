@@ -170,6 +170,7 @@ def service_env(
     s3_endpoint: str,
     tiny_models: dict[str, Path],
     extra_workflows: Path,
+    receiver: Receiver,
 ) -> dict[str, str]:
     """The environment of an operator's deployment, pointing at this session's backends."""
     # Start from a clean slate: a developer's own settings must not leak into the tests.
@@ -188,6 +189,8 @@ def service_env(
         AWS_ACCESS_KEY="testing",
         AWS_SECRET_KEY="testing",
         MARKETPLACE_TOKEN=TOKEN,
+        # Where tasks submitted without a callback_url are reported.
+        MARKETPLACE_CALLBACK=receiver.url + "?default=1",
         MUSIC_GEN_MODEL=str(tiny_models["musicgen"]),
         AUDIO_GEN_MODEL=str(tiny_models["audiogen"]),
         WORKFLOWS_DIRS=str(extra_workflows),
@@ -319,7 +322,7 @@ def receiver() -> Iterator[Receiver]:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
             with rec.event:
-                rec.calls.append(json.loads(body))
+                rec.calls.append({**json.loads(body), "_path": self.path})
                 rec.event.notify_all()
             self.send_response(rec.status)
             self.end_headers()

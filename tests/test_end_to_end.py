@@ -121,3 +121,50 @@ def test_both_workflows_counted_per_user(
     # Another user sees none of it.
     other = client.get("/v1/stats", params={"user_id": user + "-other"}).json()
     assert other["workflows"] == []
+
+
+def test_without_callback_url_the_marketplace_callback_is_used(
+    client: httpx.Client, receiver: Receiver, worker: Proc
+) -> None:
+    response = client.post(
+        "/v1/tasks",
+        json={"workflow": "text2sound", "user_id": "u-default", "input": {"prompt": "door"}},
+    )
+    assert response.status_code == 202
+    body = response.json()
+    assert body["input"] == {"prompt": "door", "duration": 5.0}  # the schema's default
+    called = receiver.wait_for(body["task_id"])
+    assert called["status"] == "succeeded", worker.output()
+    assert called["_path"] == "/hook?default=1"
+    assert called["outputs"][0]["duration_s"] == pytest.approx(5.0, abs=0.05)
+
+
+def test_result_is_kept_in_redis_with_a_ttl(
+    client: httpx.Client, receiver: Receiver, worker: Proc, service_env: dict[str, str]
+) -> None:
+    import msgspec
+    import redis
+
+    task_id = submit(client, "text2music", "u-redis", receiver, prompt="bells", duration=0.5)
+    assert receiver.wait_for(task_id)["status"] == "succeeded"
+    r = redis.Redis(host="127.0.0.1", port=6379, db=int(service_env["REDIS_DB_NAME"]))
+    key = f"aimarket:task:{task_id}"
+    result = msgspec.json.decode(r.hget(key, "result"))
+    assert result["status"] == "succeeded"
+    assert result["outputs"][0]["key"] == f"tasks/{task_id}/audio-0.wav"
+    assert 0 < r.ttl(key) <= 86_400
+    stages = {k.decode() for k in r.hkeys(key)}
+    assert {"stage:validate", "stage:generate", "stage:store", "stage:aggregate"} <= stages
+    # The audio handed from generate to store is gone once stored.
+    assert not r.keys(f"aimarket:blob:{task_id}:*")
+
+
+def test_stats_time_window(client: httpx.Client, receiver: Receiver, worker: Proc) -> None:
+    user = f"user-{uuid.uuid4().hex[:6]}"
+    task_id = submit(client, "text2music", user, receiver, prompt="harp", duration=0.5)
+    receiver.wait_for(task_id)
+    created = client.get(f"/v1/tasks/{task_id}").json()["created_at"]
+    inside = client.get("/v1/stats", params={"user_id": user, "from": created}).json()
+    assert inside["workflows"][0]["counts"] == {"succeeded": 1}
+    before = client.get("/v1/stats", params={"user_id": user, "to": created}).json()
+    assert before["workflows"] == []  # `to` is exclusive
