@@ -9,7 +9,6 @@ from typing import Any
 import dramatiq
 import httpx
 import msgspec
-from workflows.inputs import InputError, validate_input
 
 from actors.errors import StageError, TaskGone
 from actors.registry import stage
@@ -17,6 +16,7 @@ from actors.resources import resources
 from aimarket.task_view import task_view
 from db.models import Task, TaskStatus
 from db.tasks import finish_task, get_task
+from workflows.inputs import InputError, validate_input
 
 log = logging.getLogger(__name__)
 

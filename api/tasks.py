@@ -10,7 +10,6 @@ import anyio.to_thread
 from litestar import Controller, Response, get, post
 from litestar.exceptions import NotFoundException
 from litestar.status_codes import HTTP_202_ACCEPTED
-from workflows.inputs import InputError, validate_input
 
 from aimarket.task_view import TaskOut, task_view
 from api.errors import ApiError, error_response
@@ -18,6 +17,7 @@ from api.schemas import CreateTask
 from api.services import Services
 from db.models import Task, TaskStatus
 from db.tasks import finish_task, get_task, insert_task, utcnow
+from workflows.inputs import InputError, validate_input
 
 log = logging.getLogger(__name__)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import msgspec
 from litestar import get
-from workflows.inputs import input_json_schema
 
 from api.schemas import WorkflowOut, WorkflowsOut
 from api.services import Services
+from workflows.inputs import input_json_schema
 
 
 @get("/v1/workflows", tags=["workflows"], summary="The loaded workflows and their input schemas")
