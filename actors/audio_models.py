@@ -24,6 +24,7 @@ import os
 import pickle
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -131,11 +132,14 @@ def generate(
     duration: float,
     device: str = "auto",
     seed: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> GeneratedAudio:
     """Generate ``duration`` seconds of audio for each prompt in one batch.
 
     Loads the model if needed (so it may raise :class:`ModelLoadError`). A given ``seed``
-    gives the same audio for the same model, prompts, duration and device.
+    gives the same audio for the same model, prompts, duration and device. ``progress`` is
+    called from this thread as ``progress(steps_done, steps_total)`` at every decoding step
+    (audiocraft's own callback): keep it cheap.
     """
     if not prompts:
         raise ValueError("prompts must not be empty")
@@ -147,6 +151,8 @@ def generate(
     model = entry.model
     with entry.lock:
         model.set_generation_params(duration=float(duration))
+        # Set on every call (None clears it): the model is shared by every task of the process.
+        model.set_custom_progress_callback(progress)
         if seed is None:
             wav = model.generate(list(prompts))
         else:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from actors.errors import StageError
 from actors.lifecycle import active_task
+from actors.progress import ProgressReporter
 from actors.registry import stage
 from actors.resources import resources
 from aimarket.state import blob_key
@@ -31,6 +32,7 @@ async def run_generation(kind: Kind, task_id: str, workflow: str, stage_id: str)
     model_ref = str(params.get("model") or model_setting(kind))
     prompt, duration = str(task.input["prompt"]), float(task.input["duration"])
     seed = task.input.get("seed")
+    progress = ProgressReporter(res.state, task_id, stage_id, asyncio.get_running_loop())
     try:
         # The model call blocks for seconds: run it off the event loop shared by the actors.
         audio = await asyncio.to_thread(
@@ -41,6 +43,7 @@ async def run_generation(kind: Kind, task_id: str, workflow: str, stage_id: str)
             duration,
             res.settings.device,
             seed,
+            progress,
         )
     except audio_models.ModelLoadError as exc:
         raise StageError("model_unavailable", str(exc)) from None

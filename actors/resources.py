@@ -7,9 +7,8 @@ import threading
 from dataclasses import dataclass
 from functools import cached_property
 
+from aimarket.backends import Media, State, database_url, make_media, make_state
 from aimarket.settings import Settings, get_settings
-from aimarket.state import TaskState
-from aimarket.storage import MediaStore
 from db.engine import Database
 from workflows.loader import BUILTIN_DIR, load_workflows
 from workflows.spec import Stage, Workflow
@@ -21,21 +20,15 @@ class Resources:
 
     @cached_property
     def db(self) -> Database:
-        dsn = self.settings.database_dsn
-        if dsn is None:
-            raise RuntimeError("no database configured: set DATABASE_URL or POSTGRES_HOST")
-        return Database(dsn, pool_size=4)
+        return Database(database_url(self.settings), pool_size=4)
 
     @cached_property
-    def state(self) -> TaskState:
-        url = self.settings.redis_url
-        if url is None:
-            raise RuntimeError("no Redis configured: set REDIS_HOST")
-        return TaskState.from_url(url, self.settings.result_ttl)
+    def state(self) -> State:
+        return make_state(self.settings)
 
     @cached_property
-    def store(self) -> MediaStore:
-        store = MediaStore(self.settings)
+    def store(self) -> Media:
+        store = make_media(self.settings)
         store.ensure_bucket()
         return store
 
@@ -64,3 +57,11 @@ def resources() -> Resources:
         if _resources is None:
             _resources = Resources(get_settings())
         return _resources
+
+
+def use_settings(settings: Settings) -> None:
+    """Make the in-process workers use these settings (embedded mode: the API's own, which
+    may differ from the environment's, e.g. a --port given on the command line)."""
+    global _resources
+    with _lock:
+        _resources = Resources(settings)

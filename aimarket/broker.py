@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import AsyncIO, CurrentMessage, Retries
 
-from aimarket.settings import Settings, SettingsError
+from aimarket.settings import Settings
 
 _broker: dramatiq.Broker | None = None
 
@@ -20,10 +21,11 @@ def setup_broker(settings: Settings) -> dramatiq.Broker:
     if _broker is not None:
         return _broker
     url = settings.rabbitmq_url
-    if url is None:
-        raise SettingsError("RABBITMQ_HOST is required but not set (see .env.example)")
+    # Embedded mode (no RabbitMQ): messages stay in this process, whose API runs the workers.
     # confirm_delivery: a 202 means RabbitMQ has the message, not that pika buffered it.
-    broker = RabbitmqBroker(url=url, confirm_delivery=True)
+    broker: dramatiq.Broker = (
+        StubBroker() if url is None else RabbitmqBroker(url=url, confirm_delivery=True)
+    )
     broker.add_middleware(AsyncIO())
     broker.add_middleware(CurrentMessage())
     from actors.failures import TaskFailures
@@ -44,8 +46,6 @@ def actor_queues() -> dict[str, str]:
     Registers the actors on an in-memory broker when this process has no broker yet.
     """
     if _broker is None and not _registered():
-        from dramatiq.brokers.stub import StubBroker
-
         dramatiq.set_broker(StubBroker())
         import actors.all  # noqa: F401
     from actors.registry import STAGE_QUEUES
@@ -57,3 +57,8 @@ def _registered() -> bool:
     import sys
 
     return "actors.all" in sys.modules
+
+
+def is_embedded(broker: dramatiq.Broker) -> bool:
+    """True when messages never leave this process (no RabbitMQ configured)."""
+    return isinstance(broker, StubBroker)

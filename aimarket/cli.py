@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import click
+import msgspec
 
 from aimarket.settings import SettingsError, get_settings
 
@@ -40,13 +41,19 @@ def serve(host: str | None, port: int | None) -> None:
 
     try:
         settings = get_settings()
+        # The bound address goes into the settings: local media links are built from it.
+        settings = msgspec.structs.replace(
+            settings,
+            app_api_host=host or settings.app_api_host,
+            app_api_port=port or settings.app_api_port,
+        )
         app = create_app(settings)
     except (SettingsError, WorkflowError) as exc:
         fail(str(exc))
     uvicorn.run(
         app,
-        host=host or settings.app_api_host,
-        port=port or settings.app_api_port,
+        host=settings.app_api_host,
+        port=settings.app_api_port,
         log_level=settings.log_level.lower(),
         access_log=False,
     )
@@ -77,11 +84,13 @@ def worker(queues: str, processes: int, threads: int | None) -> None:
         os.environ.setdefault("dramatiq_queue_prefetch", "1")
     try:
         settings = get_settings()
-        settings.require("RABBITMQ_HOST", "REDIS_HOST")
-        if settings.database_dsn is None:
-            settings.require("POSTGRES_HOST")
     except SettingsError as exc:
         fail(str(exc))
+    if settings.rabbitmq_host is None:
+        fail(
+            "RABBITMQ_HOST is not set: without RabbitMQ, `aimarket serve` runs the workers "
+            "in its own process (embedded mode); a separate worker needs the broker"
+        )
     argv = ["aimarket.worker_boot", "-p", str(processes), "-t", str(threads), "-Q", *names]
     args = make_argument_parser().parse_args(argv)  # type: ignore[no-untyped-call]
     sys.exit(dramatiq_main(args))  # type: ignore[no-untyped-call]

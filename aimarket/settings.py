@@ -81,7 +81,9 @@ class Settings(msgspec.Struct, kw_only=True, rename="upper", forbid_unknown_fiel
     rabbitmq_pass: str = "guest"  # noqa: S105  (RabbitMQ's own default, local only)
 
     # --- S3 (media) -------------------------------------------------------------------------
-    s3_bucket: str = "aimarket"
+    #: Bucket for media (default "aimarket"). Setting it, S3_ENDPOINT_URL or AWS_ACCESS_KEY
+    #: selects S3; with none of them, media is kept in DATA_DIR/media.
+    s3_bucket: str | None = None
     #: For MinIO-style servers; empty means AWS itself. The bucket is created when missing.
     s3_endpoint_url: str | None = None
     #: Endpoint written into presigned URLs when clients reach S3 by another address than the
@@ -92,6 +94,14 @@ class Settings(msgspec.Struct, kw_only=True, rename="upper", forbid_unknown_fiel
     aws_secret_key: str | None = None
     #: Lifetime of the presigned media URLs handed to clients, in seconds.
     presigned_url_ttl: PositiveInt = 3600
+
+    # --- Embedded mode (what runs in-process when a backend above is not configured) --------
+    #: Folder of the embedded SQLite database, media files and generated secrets.
+    data_dir: str = "data"
+    #: Base URL that links to local media start with (default http://127.0.0.1:APP_API_PORT).
+    public_base_url: str | None = None
+    #: Worker threads the API process runs when there is no RabbitMQ.
+    embedded_worker_threads: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
 
     # --- Workflows and delivery ----------------------------------------------------------
     #: Extra folders of workflow YAML files, separated by commas.
@@ -130,6 +140,14 @@ class Settings(msgspec.Struct, kw_only=True, rename="upper", forbid_unknown_fiel
             return None
         auth = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
         return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db_name}"
+
+    @property
+    def bucket(self) -> str:
+        return self.s3_bucket or "aimarket"
+
+    @property
+    def s3_configured(self) -> bool:
+        return bool(self.s3_bucket or self.s3_endpoint_url or self.aws_access_key)
 
     @property
     def extra_workflow_dirs(self) -> list[Path]:

@@ -43,6 +43,15 @@ class TaskState:
             pipe.expire(key, self.ttl_s)
             await pipe.execute()
 
+    async def set_progress(self, task_id: str, stage_id: str, fraction: float) -> None:
+        """Decoding progress of the running stage, 0..1 (callers bound the rate)."""
+        key = _task_key(task_id)
+        value = msgspec.json.encode({"stage": stage_id, "fraction": round(fraction, 4)})
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={"progress": value})
+            pipe.expire(key, self.ttl_s)
+            await pipe.execute()
+
     async def set_result(self, task_id: str, result: dict[str, Any]) -> None:
         key = _task_key(task_id)
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -58,8 +67,8 @@ class TaskState:
             name = field.decode()
             if name.startswith("stage:"):
                 out["stages"][name.removeprefix("stage:")] = msgspec.json.decode(value)
-            elif name == "result":
-                out["result"] = msgspec.json.decode(value)
+            elif name in ("result", "progress"):
+                out[name] = msgspec.json.decode(value)
         return out
 
     async def put_blob(self, key: str, data: bytes) -> None:

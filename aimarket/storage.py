@@ -40,7 +40,7 @@ def _client(settings: Settings, endpoint_url: str | None) -> S3Client:
 
 class MediaStore:
     def __init__(self, settings: Settings) -> None:
-        self.bucket = settings.s3_bucket
+        self.bucket = settings.bucket
         self.url_ttl = settings.presigned_url_ttl
         self.client = _client(settings, settings.s3_endpoint_url)
         # Presigning is local computation; a second client only changes the URL's host.

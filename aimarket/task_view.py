@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from aimarket.storage import MediaStore
+from aimarket.backends import Media
 from db.models import Task
 
 
@@ -44,11 +44,18 @@ class TaskOut(msgspec.Struct, kw_only=True):
     finished_at: datetime | None
     outputs: list[OutputItem]
     error: TaskError | None = None
+    #: The stage running now, and its progress 0..1 when it reports any (generation does).
+    stage: str | None = None
+    progress: float | None = None
     #: Progress of each stage while the task runs (kept for RESULT_TTL seconds).
     stages: dict[str, StageState] = {}
 
 
-def task_view(task: Task, store: MediaStore, live: dict[str, Any] | None = None) -> TaskOut:
+class TaskList(msgspec.Struct, kw_only=True):
+    tasks: list[TaskOut]
+
+
+def task_view(task: Task, store: Media, live: dict[str, Any] | None = None) -> TaskOut:
     """Build the client's view, presigning a fresh URL for each output."""
     outputs = [
         OutputItem(
@@ -71,6 +78,14 @@ def task_view(task: Task, store: MediaStore, live: dict[str, Any] | None = None)
         sid: StageState(status=entry["status"], at=entry["at"])
         for sid, entry in ((live or {}).get("stages") or {}).items()
     }
+    running = [sid for sid, st in stages.items() if st.status == "running"]
+    stage = running[-1] if running else None
+    reported = (live or {}).get("progress") or {}
+    progress: float | None = None
+    if task.status == "succeeded":
+        progress = 1.0
+    elif reported and reported.get("stage") == stage:
+        progress = float(reported["fraction"])
     return TaskOut(
         task_id=task.id,
         status=task.status,
@@ -83,5 +98,7 @@ def task_view(task: Task, store: MediaStore, live: dict[str, Any] | None = None)
         finished_at=task.finished_at,
         outputs=outputs,
         error=error,
+        stage=stage,
+        progress=progress,
         stages=stages,
     )

@@ -13,14 +13,20 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
+from actors.resources import use_settings
+from aimarket.backends import database_url, describe
+from aimarket.broker import is_embedded
 from aimarket.settings import Settings, get_settings
 from api.auth import require_token
+from api.embedded import resume_unfinished, start_worker, stop_worker
 from api.errors import HANDLERS
 from api.health import live, ready
+from api.media import media
 from api.services import Services
 from api.stats import stats
 from api.tasks import TaskController
 from api.workflows import list_workflows
+from db.migrate import upgrade
 
 log = logging.getLogger(__name__)
 
@@ -28,20 +34,35 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None) -> Litestar:
     """Builds the app; raises SettingsError / WorkflowError before serving anything."""
     settings = settings or get_settings()
+    if settings.database_dsn is None:
+        # Embedded SQLite: built (and later upgraded) by the same Alembic migrations.
+        upgrade(database_url(settings))
     services = Services.build(settings)
+    embedded = is_embedded(services.broker)
+    if embedded:
+        use_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         # The bucket is created when missing (MinIO and fresh servers start empty).
         await anyio.to_thread.run_sync(services.store.ensure_bucket)
+        for part, backend in describe(settings).items():
+            log.info("%-8s -> %s", part, backend)
         log.info(
             "serving %d workflows: %s",
             len(services.workflows),
             ", ".join(sorted(services.workflows)),
         )
+        if settings.marketplace_token is None:
+            log.warning("MARKETPLACE_TOKEN is not set: using the token %s", services.token)
+        worker = start_worker(services) if embedded else None
+        if worker is not None:
+            await resume_unfinished(services)
         try:
             yield
         finally:
+            if worker is not None:
+                await stop_worker(worker)
             await services.close()
 
     v1 = Router(
@@ -51,7 +72,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         security=[{"bearer": []}],
     )
     app = Litestar(
-        route_handlers=[v1, live, ready],
+        route_handlers=[v1, live, ready, media],
         dependencies={"services": Provide(lambda: services, sync_to_thread=False)},
         exception_handlers=HANDLERS,
         lifespan=[lifespan],

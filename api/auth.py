@@ -11,7 +11,7 @@ from litestar.handlers.base import BaseRouteHandler
 
 
 def require_token(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    expected: str = connection.app.state.services.settings.marketplace_token or ""
+    expected: str = connection.app.state.services.token
     scheme, _sep, token = connection.headers.get("authorization", "").partition(" ")
     # compare_digest: the time taken must not reveal how much of the token matched.
     if (

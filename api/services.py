@@ -6,10 +6,9 @@ from dataclasses import dataclass
 
 import dramatiq
 
+from aimarket.backends import Media, State, api_token, database_url, make_media, make_state
 from aimarket.broker import setup_broker
 from aimarket.settings import Settings
-from aimarket.state import TaskState
-from aimarket.storage import MediaStore
 from db.engine import Database
 from workflows.compiler import Plan, compile_workflow, declare_queues
 from workflows.loader import BUILTIN_DIR, load_workflows
@@ -19,9 +18,10 @@ from workflows.spec import Workflow
 @dataclass
 class Services:
     settings: Settings
+    token: str
     db: Database
-    state: TaskState
-    store: MediaStore
+    state: State
+    store: Media
     broker: dramatiq.Broker
     workflows: dict[str, Workflow]
     plans: dict[str, Plan]
@@ -32,14 +32,7 @@ class Services:
 
         Raises SettingsError or WorkflowError, so a broken deployment refuses to start.
         """
-        settings.require("MARKETPLACE_TOKEN")
-        dsn, redis_url = settings.database_dsn, settings.redis_url
-        if dsn is None:
-            settings.require("POSTGRES_HOST")
-        if redis_url is None:
-            settings.require("REDIS_HOST")
-        assert dsn is not None
-        assert redis_url is not None
+        token = api_token(settings)
         broker = setup_broker(settings)
         from actors.registry import STAGE_QUEUES
 
@@ -47,18 +40,17 @@ class Services:
             [BUILTIN_DIR, *settings.extra_workflow_dirs], STAGE_QUEUES, settings
         )
         plans = {name: compile_workflow(wf, STAGE_QUEUES) for name, wf in workflows.items()}
+        declare_queues(broker, plans)
         return cls(
             settings=settings,
-            db=Database(dsn),
-            state=TaskState.from_url(redis_url, settings.result_ttl),
-            store=MediaStore(settings),
+            token=token,
+            db=Database(database_url(settings)),
+            state=make_state(settings),
+            store=make_media(settings),
             broker=broker,
             workflows=workflows,
             plans=plans,
         )
-
-    def declare_queues(self) -> None:
-        declare_queues(self.broker, self.plans)
 
     async def close(self) -> None:
         await self.db.dispose()

@@ -4,22 +4,33 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
+import anyio
 import anyio.to_thread
+import msgspec
 from litestar import Controller, Response, get, post
 from litestar.exceptions import NotFoundException
+from litestar.params import Parameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_202_ACCEPTED
 
-from aimarket.task_view import TaskOut, task_view
+from aimarket.task_view import TaskList, TaskOut, task_view
 from api.errors import ApiError, error_response
 from api.schemas import CreateTask
 from api.services import Services
 from db.models import Task, TaskStatus
-from db.tasks import finish_task, get_task, insert_task, utcnow
+from db.tasks import finish_task, get_task, insert_task, recent_tasks, utcnow
 from workflows.inputs import InputError, validate_input
 
 log = logging.getLogger(__name__)
+
+#: How often an event stream looks for changes, how long it stays quiet before a keep-alive
+#: comment (proxies close idle connections), and how long one stream may last.
+POLL_S = 0.3
+KEEPALIVE_S = 15.0
+EVENTS_MAX_S = 3600.0
 
 
 def _check_callback_url(url: str | None) -> None:
@@ -111,6 +122,65 @@ class TaskController(Controller):
             raise NotFoundException(f"no task '{task_id}'")
         live = await services.state.get(task_id) if not TaskStatus(task.status).terminal else None
         return task_view(task, services.store, live)
+
+    @get(
+        "/",
+        summary="A user's recent tasks, newest first",
+        responses={400: error_response("Missing user_id")},
+    )
+    async def list_tasks(
+        self,
+        services: Services,
+        user_id: str = Parameter(min_length=1, max_length=200),
+        limit: int = Parameter(default=20, ge=1, le=100),
+    ) -> TaskList:
+        tasks = await recent_tasks(services.db, user_id, limit)
+        return TaskList(tasks=[task_view(t, services.store) for t in tasks])
+
+    @get(
+        "/{task_id:str}/events",
+        summary="Live status and progress (server-sent events)",
+        description="`status` events carry the task view whenever it changes; the last event, "
+        "`done`, carries the final view, then the stream ends. Send the bearer token as a "
+        "header (read the stream with fetch; EventSource cannot send headers).",
+        responses={404: error_response("No such task")},
+    )
+    async def events(self, task_id: str, services: Services) -> ServerSentEvent:
+        task = await get_task(services.db, task_id) if _is_uuid(task_id) else None
+        if task is None:
+            raise NotFoundException(f"no task '{task_id}'")
+        return ServerSentEvent(task_events(services, task_id))
+
+
+async def task_events(services: Services, task_id: str) -> AsyncIterator[ServerSentEventMessage]:
+    """Polls the row and the short-lived state, sending the view when it changes.
+
+    Polling keeps one code path for Redis and the in-memory state; at POLL_S it costs one
+    primary-key read per open stream.
+    """
+    last: bytes | None = None
+    quiet = 0.0
+    deadline = anyio.current_time() + EVENTS_MAX_S
+    while anyio.current_time() < deadline:
+        task = await get_task(services.db, task_id)
+        if task is None:
+            return
+        terminal = TaskStatus(task.status).terminal
+        view = task_view(
+            task, services.store, None if terminal else await services.state.get(task_id)
+        )
+        if terminal:
+            yield ServerSentEventMessage(event="done", data=msgspec.json.encode(view).decode())
+            return
+        body = msgspec.json.encode(msgspec.structs.replace(view, outputs=[]))
+        if body != last:
+            last, quiet = body, 0.0
+            yield ServerSentEventMessage(event="status", data=body.decode())
+        elif quiet >= KEEPALIVE_S:
+            quiet = 0.0
+            yield ServerSentEventMessage(comment="keep-alive")
+        await anyio.sleep(POLL_S)
+        quiet += POLL_S
 
 
 def _is_uuid(value: str) -> bool:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -21,8 +25,16 @@ class Database:
         kwargs: dict[str, object] = {"pool_pre_ping": True}
         if url.startswith("postgresql"):
             kwargs |= {"pool_size": pool_size, "max_overflow": pool_size}
+        sqlite_file = sqlite_path(url)
+        if sqlite_file is not None:
+            sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+            # The API and the in-process workers write from different threads: wait for the
+            # lock instead of failing with "database is locked".
+            kwargs["connect_args"] = {"timeout": 30}
         self.url = url
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if sqlite_file is not None:
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         # expire_on_commit=False: rows are read after commit to build responses.
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
@@ -31,3 +43,20 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a ``sqlite+aiosqlite:///path`` URL, None for other databases."""
+    prefix = "sqlite+aiosqlite:///"
+    if not url.startswith(prefix) or url == prefix + ":memory:":
+        return None
+    return Path(url.removeprefix(prefix))
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets the API read while a worker writes; foreign keys are off by default in SQLite.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

@@ -31,6 +31,26 @@ async def get_task(db: Database, task_id: str) -> Task | None:
         return await session.get(Task, task_id)
 
 
+async def recent_tasks(db: Database, user_id: str, limit: int) -> list[Task]:
+    async with db.session() as session:
+        rows = await session.scalars(
+            select(Task)
+            .where(Task.user_id == user_id)
+            .order_by(Task.created_at.desc())
+            .limit(limit)
+        )
+        return list(rows)
+
+
+async def unfinished_tasks(db: Database) -> list[tuple[str, str]]:
+    """(id, workflow) of every task still queued or running, oldest first."""
+    async with db.session() as session:
+        rows = await session.execute(
+            select(Task.id, Task.workflow).where(Task.status.in_(_ACTIVE)).order_by(Task.created_at)
+        )
+        return [(row[0], row[1]) for row in rows]
+
+
 async def mark_running(db: Database, task_id: str) -> bool:
     """queued -> running; sets started_at once. False when the task is no longer active."""
     async with db.session() as session, session.begin():

@@ -32,7 +32,7 @@ WIRING = {"RABBITMQ_HOST", "REDIS_HOST", "POSTGRES_HOST", "S3_ENDPOINT_URL", "MA
 #: .env.example values that point at local services instead of being Settings' defaults.
 LOCAL_VALUES = {
     "POSTGRES_HOST", "REDIS_HOST", "RABBITMQ_HOST", "S3_ENDPOINT_URL",
-    "AWS_ACCESS_KEY", "AWS_SECRET_KEY", "MARKETPLACE_TOKEN",
+    "AWS_ACCESS_KEY", "AWS_SECRET_KEY", "MARKETPLACE_TOKEN", "S3_BUCKET",
 }  # fmt: skip
 #: ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?message}, ${NAME?message}, ${NAME:+alt}
 BRACED = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?[-?+])?[^}]*\}")

@@ -1,0 +1,56 @@
+"""Embedded mode: with no RabbitMQ, the API process runs the Dramatiq workers itself."""
+
+from __future__ import annotations
+
+import logging
+
+import anyio.to_thread
+import dramatiq
+
+from api.services import Services
+from db.models import TaskStatus
+from db.tasks import finish_task, unfinished_tasks
+
+log = logging.getLogger(__name__)
+
+#: Seconds a stopping process waits for running stages before it leaves them to the restart.
+STOP_TIMEOUT_S = 10
+
+
+def start_worker(services: Services) -> dramatiq.Worker:
+    broker = services.broker
+    # The Dramatiq CLI does this in a worker process; it arms the stage time limits.
+    broker.emit_after("process_boot")
+    worker = dramatiq.Worker(broker, worker_threads=services.settings.embedded_worker_threads)
+    worker.start()
+    return worker
+
+
+async def stop_worker(worker: dramatiq.Worker) -> None:
+    await anyio.to_thread.run_sync(lambda: worker.stop(timeout=STOP_TIMEOUT_S * 1000))
+
+
+async def resume_unfinished(services: Services) -> int:
+    """Re-queue the tasks this process had not finished when it last stopped.
+
+    The in-process queue does not outlive the process, but the database does: every task
+    still queued or running is run again from its first stage (stages are safe to repeat).
+    A task whose workflow is gone ends failed with a clear error.
+    """
+    resumed = 0
+    for task_id, workflow in await unfinished_tasks(services.db):
+        plan = services.plans.get(workflow)
+        if plan is None:
+            await finish_task(
+                services.db,
+                task_id,
+                TaskStatus.FAILED,
+                error_code="workflow_removed",
+                error_message=f"workflow '{workflow}' no longer exists; the task was not resumed",
+            )
+            continue
+        plan.pipeline(services.broker, task_id).run()  # type: ignore[no-untyped-call]
+        resumed += 1
+    if resumed:
+        log.info("resumed %d unfinished task(s) after a restart", resumed)
+    return resumed

@@ -1,0 +1,38 @@
+"""GET /media/{key}: local media (embedded mode) behind expiring signed links, the local
+stand-in for S3 presigned URLs. No bearer token: the signature is the permission."""
+
+from __future__ import annotations
+
+import mimetypes
+
+from litestar import get
+from litestar.exceptions import NotAuthorizedException, NotFoundException
+from litestar.response import File
+
+from aimarket.local_media import LocalMediaStore
+from api.errors import error_response
+from api.services import Services
+
+
+@get(
+    "/media/{key:path}",
+    tags=["media"],
+    summary="A stored output, by signed link (embedded mode)",
+    include_in_schema=True,
+    responses={401: error_response("Expired or wrong signature"), 404: error_response("No file")},
+)
+async def media(key: str, expires: int, sig: str, services: Services) -> File:
+    store = services.store
+    key = key.lstrip("/")
+    if not isinstance(store, LocalMediaStore):
+        raise NotFoundException("media is served by S3 in this deployment")
+    if not store.verify(key, expires, sig):
+        raise NotAuthorizedException("the link has expired or its signature is wrong")
+    try:
+        path = store.path(key)
+    except ValueError:
+        raise NotFoundException("no such media") from None
+    if not path.is_file():
+        raise NotFoundException("no such media")
+    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return File(path=path, media_type=media_type, content_disposition_type="inline")
