@@ -3,8 +3,6 @@ stand-in for S3 presigned URLs. No bearer token: the signature is the permission
 
 from __future__ import annotations
 
-import mimetypes
-
 from litestar import get
 from litestar.exceptions import NotAuthorizedException, NotFoundException
 from litestar.response import File
@@ -12,6 +10,16 @@ from litestar.response import File
 from aimarket.local_media import LocalMediaStore
 from api.errors import error_response
 from api.services import Services
+
+#: The types the store stage writes (mimetypes would say audio/x-wav).
+CONTENT_TYPES = {
+    ".wav": "audio/wav",
+    ".flac": "audio/flac",
+    ".ogg": "audio/ogg",
+    ".mp3": "audio/mpeg",
+    ".png": "image/png",
+    ".json": "application/json",
+}
 
 
 @get(
@@ -34,5 +42,5 @@ async def media(key: str, expires: int, sig: str, services: Services) -> File:
         raise NotFoundException("no such media") from None
     if not path.is_file():
         raise NotFoundException("no such media")
-    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    media_type = CONTENT_TYPES.get(path.suffix) or "application/octet-stream"
     return File(path=path, media_type=media_type, content_disposition_type="inline")

@@ -7,6 +7,7 @@ from pathlib import Path
 from alembic.config import Config
 
 from alembic import command
+from db.engine import sqlite_path
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,4 +25,7 @@ def upgrade(url: str | None = None, revision: str = "head") -> None:
 
     Runs its own event loop, so call it from synchronous code (or a thread).
     """
+    sqlite_file = sqlite_path(url) if url else None
+    if sqlite_file is not None:
+        sqlite_file.parent.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(url), revision)

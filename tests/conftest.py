@@ -233,29 +233,10 @@ class Api:
 
 @pytest.fixture(scope="session")
 def api(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    """`aimarket serve` on a free port, ready when /health/ready says so."""
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("api")
-    proc = start(
-        [str(BIN / "aimarket"), "serve", "--port", str(port)],
-        service_env,
-        workdir / "api.log",
-        workdir,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.proc.poll() is not None:
-            pytest.fail("the API exited:\n" + proc.output())
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url + "/health/ready", timeout=5).status_code == 200:
-                break
-        if time.monotonic() > deadline:
-            stop(proc)
-            pytest.fail("the API did not become ready:\n" + proc.output())
-        time.sleep(0.2)
-    yield Api(url, proc)
-    stop(proc)
+    """`aimarket serve` on a free port against the real backends, once ready."""
+    api = serve(service_env, tmp_path_factory.mktemp("api"))
+    yield api
+    stop(api.proc)
 
 
 @pytest.fixture(scope="session")
@@ -284,6 +265,93 @@ def worker(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 def client(api_url: str) -> Iterator[httpx.Client]:
     with httpx.Client(
         base_url=api_url, headers={"authorization": f"Bearer {TOKEN}"}, timeout=30
+    ) as c:
+        yield c
+
+
+# --- Embedded mode: one process, nothing configured but the models -------------------------
+
+
+def embedded_env(
+    data_dir: Path, tiny_models: dict[str, Path], extra_workflows: Path, receiver: Receiver
+) -> dict[str, str]:
+    """What a newcomer has: no database, broker, Redis or S3; just the (tiny) models."""
+    keep = ("PATH", "HOME", "LANG", "TMPDIR", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+    env = {k: v for k, v in os.environ.items() if k in keep or k.startswith("LC_")}
+    env.update(
+        DATA_DIR=str(data_dir),
+        MARKETPLACE_TOKEN=TOKEN,
+        MARKETPLACE_CALLBACK=receiver.url + "?default=1",
+        MUSIC_GEN_MODEL=str(tiny_models["musicgen"]),
+        AUDIO_GEN_MODEL=str(tiny_models["audiogen"]),
+        WORKFLOWS_DIRS=str(extra_workflows),
+        DEVICE="cpu",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+    )
+    return env
+
+
+def serve(env: dict[str, str], workdir: Path, port: int | None = None) -> Api:
+    """Start `aimarket serve` and wait until it is ready."""
+    port = port or free_port()
+    proc = start(
+        [str(BIN / "aimarket"), "serve", "--port", str(port)], env, workdir / "api.log", workdir
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        if proc.proc.poll() is not None:
+            pytest.fail("the API exited:\n" + proc.output())
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + "/health/ready", timeout=5).status_code == 200:
+                return Api(url, proc)
+        if time.monotonic() > deadline:
+            stop(proc)
+            pytest.fail("the API did not become ready:\n" + proc.output())
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def embedded_api(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_models: dict[str, Path],
+    extra_workflows: Path,
+    receiver: Receiver,
+) -> Iterator[Api]:
+    workdir = tmp_path_factory.mktemp("embedded")
+    api = serve(embedded_env(workdir / "data", tiny_models, extra_workflows, receiver), workdir)
+    yield api
+    stop(api.proc)
+
+
+@dataclass
+class Stack:
+    """A running service: `services` (API + worker processes on the real backends) or
+    `embedded` (one `aimarket serve` process, nothing configured)."""
+
+    mode: str
+    url: str
+    procs: list[Proc]
+
+    def output(self) -> str:
+        return "\n".join(p.output() for p in self.procs)
+
+
+@pytest.fixture(params=["services", "embedded"])
+def stack(request: pytest.FixtureRequest) -> Stack:
+    if request.param == "services":
+        api: Api = request.getfixturevalue("api")
+        worker: Proc = request.getfixturevalue("worker")
+        return Stack("services", api.url, [api.proc, worker])
+    api = request.getfixturevalue("embedded_api")
+    return Stack("embedded", api.url, [api.proc])
+
+
+@pytest.fixture
+def stack_client(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=stack.url, headers={"authorization": f"Bearer {TOKEN}"}, timeout=30
     ) as c:
         yield c
 

@@ -11,9 +11,7 @@ import httpx
 import pytest
 import soundfile as sf
 
-from tests.conftest import Proc, Receiver
-
-pytestmark = pytest.mark.usefixtures("worker")
+from tests.conftest import Proc, Receiver, Stack
 
 
 def submit(
@@ -35,20 +33,22 @@ def submit(
     [("text2music", 1.5, 32000), ("text2sound", 1.0, 16000)],
 )
 def test_workflow_runs_to_a_downloadable_wav(
-    client: httpx.Client,
+    stack_client: httpx.Client,
     receiver: Receiver,
-    worker: Proc,
+    stack: Stack,
     workflow: str,
     duration: float,
     sample_rate: int,
 ) -> None:
     user = f"user-{uuid.uuid4().hex[:6]}"
-    task_id = submit(client, workflow, user, receiver, prompt="warm lofi piano", duration=duration)
+    task_id = submit(
+        stack_client, workflow, user, receiver, prompt="warm lofi piano", duration=duration
+    )
 
     called = receiver.wait_for(task_id)
-    assert called["status"] == "succeeded", (called, worker.output())
+    assert called["status"] == "succeeded", (called, stack.output())
 
-    task = client.get(f"/v1/tasks/{task_id}").json()
+    task = stack_client.get(f"/v1/tasks/{task_id}").json()
     assert task["status"] == "succeeded"
     assert task["workflow"] == workflow
     assert task["user_id"] == user
@@ -71,7 +71,7 @@ def test_workflow_runs_to_a_downloadable_wav(
     # The callback carried the same view (a fresh presigned URL for the same object).
     assert called["outputs"][0]["size_bytes"] == output["size_bytes"]
 
-    stats = client.get("/v1/stats", params={"user_id": user}).json()
+    stats = stack_client.get("/v1/stats", params={"user_id": user}).json()
     [row] = stats["workflows"]
     assert row["workflow"] == workflow
     assert row["counts"] == {"succeeded": 1}
@@ -80,53 +80,53 @@ def test_workflow_runs_to_a_downloadable_wav(
 
 
 def test_failing_stage_ends_failed_and_calls_back(
-    client: httpx.Client, receiver: Receiver, worker: Proc
+    stack_client: httpx.Client, receiver: Receiver, stack: Stack
 ) -> None:
     user = f"user-{uuid.uuid4().hex[:6]}"
-    task_id = submit(client, "broken-model", user, receiver, prompt="anything")
+    task_id = submit(stack_client, "broken-model", user, receiver, prompt="anything")
 
     called = receiver.wait_for(task_id)
-    assert called["status"] == "failed", worker.output()
+    assert called["status"] == "failed", stack.output()
     assert called["error"]["code"] == "model_unavailable"
     assert "/nonexistent/aimarket-test-checkpoint" in called["error"]["message"]
 
-    task = client.get(f"/v1/tasks/{task_id}").json()
+    task = stack_client.get(f"/v1/tasks/{task_id}").json()
     assert task["status"] == "failed"
     assert task["outputs"] == []
     assert task["error"]["code"] == "model_unavailable"
     assert task["finished_at"] is not None
 
-    stats = client.get("/v1/stats", params={"user_id": user}).json()
+    stats = stack_client.get("/v1/stats", params={"user_id": user}).json()
     assert stats["workflows"][0]["counts"] == {"failed": 1}
     assert stats["workflows"][0]["audio_seconds"] == 0
 
 
 def test_both_workflows_counted_per_user(
-    client: httpx.Client, receiver: Receiver, worker: Proc
+    stack_client: httpx.Client, receiver: Receiver, stack: Stack
 ) -> None:
     user = f"user-{uuid.uuid4().hex[:6]}"
     ids = [
-        submit(client, "text2music", user, receiver, prompt="drums", duration=0.5),
-        submit(client, "text2sound", user, receiver, prompt="rain", duration=0.5),
-        submit(client, "text2sound", user, receiver, prompt="wind", duration=0.5),
+        submit(stack_client, "text2music", user, receiver, prompt="drums", duration=0.5),
+        submit(stack_client, "text2sound", user, receiver, prompt="rain", duration=0.5),
+        submit(stack_client, "text2sound", user, receiver, prompt="wind", duration=0.5),
     ]
     for task_id in ids:
-        assert receiver.wait_for(task_id)["status"] == "succeeded", worker.output()
-    stats = client.get("/v1/stats", params={"user_id": user}).json()
+        assert receiver.wait_for(task_id)["status"] == "succeeded", stack.output()
+    stats = stack_client.get("/v1/stats", params={"user_id": user}).json()
     rows = {row["workflow"]: row for row in stats["workflows"]}
     assert rows["text2music"]["counts"] == {"succeeded": 1}
     assert rows["text2sound"]["counts"] == {"succeeded": 2}
     assert rows["text2sound"]["total"] == 2
     assert rows["text2sound"]["audio_seconds"] == pytest.approx(1.0, abs=0.05)
     # Another user sees none of it.
-    other = client.get("/v1/stats", params={"user_id": user + "-other"}).json()
+    other = stack_client.get("/v1/stats", params={"user_id": user + "-other"}).json()
     assert other["workflows"] == []
 
 
 def test_without_callback_url_the_marketplace_callback_is_used(
-    client: httpx.Client, receiver: Receiver, worker: Proc
+    stack_client: httpx.Client, receiver: Receiver, stack: Stack
 ) -> None:
-    response = client.post(
+    response = stack_client.post(
         "/v1/tasks",
         json={"workflow": "text2sound", "user_id": "u-default", "input": {"prompt": "door"}},
     )
@@ -134,9 +134,20 @@ def test_without_callback_url_the_marketplace_callback_is_used(
     body = response.json()
     assert body["input"] == {"prompt": "door", "duration": 5.0}  # the schema's default
     called = receiver.wait_for(body["task_id"])
-    assert called["status"] == "succeeded", worker.output()
+    assert called["status"] == "succeeded", stack.output()
     assert called["_path"] == "/hook?default=1"
     assert called["outputs"][0]["duration_s"] == pytest.approx(5.0, abs=0.05)
+
+
+def test_stats_time_window(stack_client: httpx.Client, receiver: Receiver, stack: Stack) -> None:
+    user = f"user-{uuid.uuid4().hex[:6]}"
+    task_id = submit(stack_client, "text2music", user, receiver, prompt="harp", duration=0.5)
+    receiver.wait_for(task_id)
+    created = stack_client.get(f"/v1/tasks/{task_id}").json()["created_at"]
+    inside = stack_client.get("/v1/stats", params={"user_id": user, "from": created}).json()
+    assert inside["workflows"][0]["counts"] == {"succeeded": 1}
+    before = stack_client.get("/v1/stats", params={"user_id": user, "to": created}).json()
+    assert before["workflows"] == []  # `to` is exclusive
 
 
 def test_result_is_kept_in_redis_with_a_ttl(
@@ -157,14 +168,3 @@ def test_result_is_kept_in_redis_with_a_ttl(
     assert {"stage:validate", "stage:generate", "stage:store", "stage:aggregate"} <= stages
     # The audio handed from generate to store is gone once stored.
     assert not r.keys(f"aimarket:blob:{task_id}:*")
-
-
-def test_stats_time_window(client: httpx.Client, receiver: Receiver, worker: Proc) -> None:
-    user = f"user-{uuid.uuid4().hex[:6]}"
-    task_id = submit(client, "text2music", user, receiver, prompt="harp", duration=0.5)
-    receiver.wait_for(task_id)
-    created = client.get(f"/v1/tasks/{task_id}").json()["created_at"]
-    inside = client.get("/v1/stats", params={"user_id": user, "from": created}).json()
-    assert inside["workflows"][0]["counts"] == {"succeeded": 1}
-    before = client.get("/v1/stats", params={"user_id": user, "to": created}).json()
-    assert before["workflows"] == []  # `to` is exclusive
