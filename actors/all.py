@@ -3,6 +3,6 @@
 Add a new stage module here; workflows then reference its actors by name.
 """
 
-from actors import generate, lifecycle, store
+from actors import generate, lifecycle, store, visualize
 
-__all__ = ["generate", "lifecycle", "store"]
+__all__ = ["generate", "lifecycle", "store", "visualize"]

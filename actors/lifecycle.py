@@ -51,7 +51,7 @@ async def aggregate(
     database for good. Running it twice changes nothing (the first ending wins)."""
     outputs: list[dict[str, Any]] = list((previous or {}).get("outputs", []))
     res = resources()
-    audio_s = sum(float(o.get("duration_s", 0.0)) for o in outputs)
+    audio_s = sum(float(o["duration_s"] or 0.0) for o in outputs if o.get("duration_s"))
     await finish_task(res.db, task_id, TaskStatus.SUCCEEDED, outputs=outputs, audio_s=audio_s)
     await res.state.set_result(task_id, {"status": TaskStatus.SUCCEEDED, "outputs": outputs})
     return {}

@@ -10,6 +10,16 @@ from actors.registry import stage
 from actors.resources import resources
 from aimarket.storage import media_key
 
+#: File extension of each content type a stage may produce.
+EXTENSIONS = {
+    "audio/wav": "wav",
+    "audio/flac": "flac",
+    "audio/ogg": "ogg",
+    "audio/mpeg": "mp3",
+    "image/png": "png",
+    "application/json": "json",
+}
+
 
 @stage("media.store")
 async def store(
@@ -21,11 +31,14 @@ async def store(
     and describes the same key again instead of failing.
     """
     res = resources()
-    output_name = next(iter(res.workflows[workflow].outputs), "audio")
+    default_name = next(iter(res.workflows[workflow].outputs), "audio")
     outputs = []
-    for index, item in enumerate((previous or {}).get("media", [])):
-        extension = "wav" if item["content_type"] == "audio/wav" else "bin"
-        key = media_key(task_id, output_name, index, extension)
+    counts: dict[str, int] = {}
+    for item in (previous or {}).get("media", []):
+        name = item.get("name") or default_name
+        index = counts[name] = counts.get(name, -1) + 1
+        extension = EXTENSIONS.get(item["content_type"], "bin")
+        key = media_key(task_id, name, index, extension)
         data = await res.state.get_blob(item["blob"])
         if data is not None:
             await asyncio.to_thread(res.store.put, key, data, item["content_type"])
@@ -34,16 +47,16 @@ async def store(
             found = await asyncio.to_thread(res.store.size, key)
             if found is None:
                 raise StageError(
-                    "media_lost", f"generated audio for {task_id} expired before it was stored"
+                    "media_lost", f"generated media of {task_id} expired before it was stored"
                 )
             size = found
         outputs.append(
             {
-                "name": output_name,
+                "name": name,
                 "key": key,
                 "content_type": item["content_type"],
-                "duration_s": round(float(item["duration_s"]), 3),
-                "sample_rate": int(item["sample_rate"]),
+                "duration_s": round(float(item["duration_s"]), 3) if "duration_s" in item else None,
+                "sample_rate": int(item["sample_rate"]) if "sample_rate" in item else None,
                 "size_bytes": size,
             }
         )

@@ -15,8 +15,9 @@ class OutputItem(msgspec.Struct, kw_only=True):
     name: str
     url: str
     content_type: str
-    duration_s: float
-    sample_rate: int
+    #: Audio only (None for pictures).
+    duration_s: float | None
+    sample_rate: int | None
     size_bytes: int
     #: When ``url`` stops working (it is presigned).
     url_expires_in_s: int
@@ -62,8 +63,8 @@ def task_view(task: Task, store: Media, live: dict[str, Any] | None = None) -> T
             name=o["name"],
             url=store.presign(o["key"]),
             content_type=o["content_type"],
-            duration_s=o["duration_s"],
-            sample_rate=o["sample_rate"],
+            duration_s=o.get("duration_s"),
+            sample_rate=o.get("sample_rate"),
             size_bytes=o["size_bytes"],
             url_expires_in_s=store.url_ttl,
         )

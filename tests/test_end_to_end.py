@@ -56,7 +56,9 @@ def test_workflow_runs_to_a_downloadable_wav(
     assert task["started_at"]
     assert task["finished_at"]
     assert task["error"] is None
-    [output] = task["outputs"]
+    outputs = {o["name"]: o for o in task["outputs"]}
+    assert set(outputs) == {"audio", "waveform", "spectrogram"}
+    output = outputs["audio"]
     assert output["content_type"] == "audio/wav"
     assert output["sample_rate"] == sample_rate
     assert output["duration_s"] == pytest.approx(duration, abs=0.05)
@@ -68,6 +70,13 @@ def test_workflow_runs_to_a_downloadable_wav(
     info = sf.info(io.BytesIO(media.content))
     assert info.samplerate == sample_rate
     assert info.duration == pytest.approx(duration, abs=0.05)
+    # The pictures rendered by the visualize stage are real PNGs beside the audio.
+    for name in ("waveform", "spectrogram"):
+        picture = httpx.get(outputs[name]["url"], timeout=30)
+        assert picture.status_code == 200
+        assert picture.content.startswith(b"\x89PNG\r\n\x1a\n")
+        assert outputs[name]["content_type"] == "image/png"
+        assert outputs[name]["duration_s"] is None
     # The callback carried the same view (a fresh presigned URL for the same object).
     assert called["outputs"][0]["size_bytes"] == output["size_bytes"]
 
@@ -162,9 +171,14 @@ def test_result_is_kept_in_redis_with_a_ttl(
     key = f"aimarket:task:{task_id}"
     result = msgspec.json.decode(r.hget(key, "result"))
     assert result["status"] == "succeeded"
-    assert result["outputs"][0]["key"] == f"tasks/{task_id}/audio-0.wav"
+    keys = {o["key"] for o in result["outputs"]}
+    assert keys == {
+        f"tasks/{task_id}/audio-0.wav",
+        f"tasks/{task_id}/waveform-0.png",
+        f"tasks/{task_id}/spectrogram-0.png",
+    }
     assert 0 < r.ttl(key) <= 86_400
     stages = {k.decode() for k in r.hkeys(key)}
-    assert {"stage:validate", "stage:generate", "stage:store", "stage:aggregate"} <= stages
+    assert {"stage:validate", "stage:generate", "stage:visualize", "stage:store"} <= stages
     # The audio handed from generate to store is gone once stored.
     assert not r.keys(f"aimarket:blob:{task_id}:*")

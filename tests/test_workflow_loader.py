@@ -27,6 +27,7 @@ ACTORS = {
     "audio.musicgen": "musicgen",
     "audio.audiogen": "audiogen",
     "media.store": "default",
+    "media.visualize": "default",
     "task.aggregate": "default",
     "task.callback": "callbacks",
 }
@@ -203,6 +204,7 @@ def test_builtin_text2music_shape() -> None:
     assert [stage.id for stage in workflow.stages] == [
         "validate",
         "generate",
+        "visualize",
         "store",
         "aggregate",
         "callback",

@@ -29,8 +29,8 @@ INPUT_TYPES: tuple[InputType, ...] = ("string", "integer", "number", "boolean")
 
 #: What a workflow may produce. ``audio`` is a media file stored in S3; the others are plain
 #: JSON values in the result.
-OutputType = Literal["audio", "text", "json"]
-OUTPUT_TYPES: tuple[OutputType, ...] = ("audio", "text", "json")
+OutputType = Literal["audio", "image", "text", "json"]
+OUTPUT_TYPES: tuple[OutputType, ...] = ("audio", "image", "text", "json")
 
 #: An enum member or default: the JSON scalars an input field can hold.
 Scalar = str | int | float | bool
