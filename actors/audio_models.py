@@ -154,7 +154,7 @@ def generate(
         # Set on every call (None clears it): the model is shared by every task of the process.
         model.set_custom_progress_callback(progress)
         if seed is None:
-            wav = model.generate(list(prompts))
+            wav = model.generate(list(prompts), progress=progress is not None)
         else:
             # fork_rng restores the global RNG afterwards, so seeding here does not make
             # later unseeded generations in this process repeat themselves.
@@ -162,7 +162,7 @@ def generate(
             devices = [model.device.index or 0] if on_cuda else []
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed)
-                wav = model.generate(list(prompts))
+                wav = model.generate(list(prompts), progress=progress is not None)
     samples = wav.detach().to(dtype=torch.float32, device="cpu").numpy()
     samples = np.clip(np.nan_to_num(samples), -1.0, 1.0).astype(np.float32, copy=False)
     return GeneratedAudio(samples=np.ascontiguousarray(samples), sample_rate=int(model.sample_rate))
@@ -235,6 +235,7 @@ def _load(kind: ModelKind, name_or_dir: str, device: str) -> Any:
                 f"{kind} model {name_or_dir!r}: checkpoint directory lacks {', '.join(missing)}"
             )
         source = str(path)
+    _quiet_known_warnings()
     try:
         from audiocraft.models.audiogen import AudioGen
         from audiocraft.models.musicgen import MusicGen
@@ -321,3 +322,13 @@ def _trusted_get_state_dict(
             library_version=audiocraft.__version__,
         )
     return torch.load(file, map_location=device, weights_only=False)
+
+
+def _quiet_known_warnings() -> None:
+    """Silence two warnings every worker would print at the first load, both understood:
+    xformers' C++ kernels do not match this torch (generation uses torch's own attention,
+    see the shared NOTES), and audiocraft uses torch's deprecated weight_norm."""
+    import warnings
+
+    logging.getLogger("xformers").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)

@@ -96,6 +96,69 @@ def worker(queues: str, processes: int, threads: int | None) -> None:
     sys.exit(dramatiq_main(args))  # type: ignore[no-untyped-call]
 
 
+@main.command()
+@click.argument("workflow")
+@click.argument("prompt", required=False)
+@click.option("--duration", "-d", type=float, default=None, help="Seconds of audio.")
+@click.option(
+    "--input",
+    "-i",
+    "extra",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any input of the workflow (VALUE is read as JSON when it parses, else as text).",
+)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def generate(
+    workflow: str,
+    prompt: str | None,
+    duration: float | None,
+    extra: tuple[str, ...],
+    output: Path | None,
+    as_json: bool,
+) -> None:
+    """Run one task locally, without a server, and write its audio to a file.
+
+    Example: aimarket generate text2music "lofi hip hop with warm piano" -d 8 -o out.wav
+    """
+    from aimarket.generate_cli import CliError, run_generate
+
+    inputs: dict[str, object] = {}
+    for item in extra:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"--input takes KEY=VALUE, got {item!r}")
+        try:
+            inputs[key] = json.loads(value)
+        except ValueError:
+            inputs[key] = value
+    if prompt is not None:
+        inputs["prompt"] = prompt
+    if duration is not None:
+        inputs["duration"] = duration
+    try:
+        settings = get_settings()
+        result = run_generate(settings, workflow, inputs, output)
+    except SettingsError as exc:
+        fail(str(exc))
+    except CliError as exc:
+        fail(str(exc), exc.exit_code)
+    audio = result.audio()
+    if as_json:
+        report = {
+            "path": str(result.path),
+            "seconds": round(result.seconds, 3),
+            "task": msgspec.to_builtins(result.view),
+        }
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(
+            f"wrote {result.path} ({audio['duration_s']:.2f} s of audio at "
+            f"{audio['sample_rate']} Hz, {audio['size_bytes']} bytes) in {result.seconds:.1f} s"
+        )
+
+
 @main.group()
 def db() -> None:
     """Database schema (owned by Alembic)."""

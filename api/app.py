@@ -22,6 +22,7 @@ from api.embedded import resume_unfinished, start_worker, stop_worker
 from api.errors import HANDLERS
 from api.health import live, ready
 from api.media import media
+from api.playground import playground
 from api.services import Services
 from api.stats import stats
 from api.tasks import TaskController
@@ -72,7 +73,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         security=[{"bearer": []}],
     )
     app = Litestar(
-        route_handlers=[v1, live, ready, media],
+        route_handlers=[v1, live, ready, media, playground],
         dependencies={"services": Provide(lambda: services, sync_to_thread=False)},
         exception_handlers=HANDLERS,
         lifespan=[lifespan],

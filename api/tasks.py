@@ -43,6 +43,57 @@ def _check_callback_url(url: str | None) -> None:
         )
 
 
+async def submit_task(services: Services, data: CreateTask) -> Task:
+    """Validate, record, then queue one task; the one way in for the API and the CLI.
+
+    Raises ApiError (with code and field) for anything refused; nothing is stored then.
+    """
+    workflow = services.workflows.get(data.workflow)
+    if workflow is None:
+        known = ", ".join(sorted(services.workflows))
+        raise ApiError(
+            422,
+            "unknown_workflow",
+            f"no workflow '{data.workflow}' (known: {known})",
+            "workflow",
+        )
+    try:
+        clean_input = validate_input(workflow, data.input)
+    except InputError as exc:
+        raise ApiError(422, "invalid_input", exc.message, exc.field) from None
+    _check_callback_url(data.callback_url)
+
+    task = Task(
+        id=str(uuid.uuid4()),
+        workflow=workflow.name,
+        workflow_version=workflow.version,
+        user_id=data.user_id,
+        status=TaskStatus.QUEUED,
+        input=clean_input,
+        callback_url=data.callback_url,
+        outputs=[],
+        audio_s=0.0,
+        created_at=utcnow(),
+    )
+    await insert_task(services.db, task)
+    # Sent only after the commit above, so a worker never sees a task that is not there.
+    # pika blocks: publish from a thread, never on the event loop.
+    pipeline = services.plans[workflow.name].pipeline(services.broker, task.id)
+    try:
+        await anyio.to_thread.run_sync(pipeline.run)
+    except Exception as exc:
+        log.error("could not queue task %s: %s", task.id, exc)
+        await finish_task(
+            services.db,
+            task.id,
+            TaskStatus.FAILED,
+            error_code="queue_unavailable",
+            error_message="the task could not be queued; submit it again",
+        )
+        raise ApiError(503, "queue_unavailable", "the queue is unavailable; retry later") from None
+    return task
+
+
 class TaskController(Controller):
     path = "/v1/tasks"
     tags = ("tasks",)
@@ -60,51 +111,7 @@ class TaskController(Controller):
         },
     )
     async def create(self, data: CreateTask, services: Services) -> Response[TaskOut]:
-        workflow = services.workflows.get(data.workflow)
-        if workflow is None:
-            known = ", ".join(sorted(services.workflows))
-            raise ApiError(
-                422,
-                "unknown_workflow",
-                f"no workflow '{data.workflow}' (known: {known})",
-                "workflow",
-            )
-        try:
-            clean_input = validate_input(workflow, data.input)
-        except InputError as exc:
-            raise ApiError(422, "invalid_input", exc.message, exc.field) from None
-        _check_callback_url(data.callback_url)
-
-        task = Task(
-            id=str(uuid.uuid4()),
-            workflow=workflow.name,
-            workflow_version=workflow.version,
-            user_id=data.user_id,
-            status=TaskStatus.QUEUED,
-            input=clean_input,
-            callback_url=data.callback_url,
-            outputs=[],
-            audio_s=0.0,
-            created_at=utcnow(),
-        )
-        await insert_task(services.db, task)
-        # Sent only after the commit above, so a worker never sees a task that is not there.
-        # pika blocks: publish from a thread, never on the event loop.
-        pipeline = services.plans[workflow.name].pipeline(services.broker, task.id)
-        try:
-            await anyio.to_thread.run_sync(pipeline.run)
-        except Exception as exc:
-            log.error("could not queue task %s: %s", task.id, exc)
-            await finish_task(
-                services.db,
-                task.id,
-                TaskStatus.FAILED,
-                error_code="queue_unavailable",
-                error_message="the task could not be queued; submit it again",
-            )
-            raise ApiError(
-                503, "queue_unavailable", "the queue is unavailable; retry later"
-            ) from None
+        task = await submit_task(services, data)
         return Response(
             task_view(task, services.store),
             status_code=HTTP_202_ACCEPTED,

@@ -20,7 +20,7 @@ def alembic_config(url: str | None = None) -> Config:
     return cfg
 
 
-def upgrade(url: str | None = None, revision: str = "head") -> None:
+def upgrade(url: str | None = None, revision: str = "head", log: bool = True) -> None:
     """Bring the database at ``url`` (default: the settings') to ``revision``.
 
     Runs its own event loop, so call it from synchronous code (or a thread).
@@ -28,4 +28,6 @@ def upgrade(url: str | None = None, revision: str = "head") -> None:
     sqlite_file = sqlite_path(url) if url else None
     if sqlite_file is not None:
         sqlite_file.parent.mkdir(parents=True, exist_ok=True)
-    command.upgrade(alembic_config(url), revision)
+    config = alembic_config(url)
+    config.attributes["configure_logging"] = log
+    command.upgrade(config, revision)
