@@ -112,3 +112,11 @@ def test_ready_is_503_and_names_the_backend_that_is_down(
         assert httpx.get(url + "/health/live").status_code == 200
     finally:
         stop(proc)
+
+
+def test_worker_without_rabbitmq_explains_embedded_mode(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    result = run_cli(["worker"], env, tmp_path)
+    assert result.returncode == 2
+    assert "RABBITMQ_HOST is not set" in result.stderr
+    assert "embedded mode" in result.stderr
