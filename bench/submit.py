@@ -18,13 +18,18 @@ What it measures
        ``asyncio.to_thread`` as the API does through anyio's thread pool.
 
     It also reports the API's start-up time (spawn to the first 200 on ``/health/live``), its
-    resident memory after the run, whether any ``libtorch`` is mapped into it, and the CPU
-    each process group spent per accepted task, read from ``/proc``.
+    resident memory after the run, whether any ``libtorch`` is mapped into it, the CPU each
+    process group (API, this process, Postgres, RabbitMQ, interrupts, the rest) spent per
+    accepted task, read from ``/proc``, and how long the INSERT and the publish each took in
+    the bare loops. Everything shares the machine's cores, so the CPU split is what tells
+    where the time goes; a busy neighbour shows up in it as "other".
 
 How to run
-    ``uv run python bench/submit.py [--requests 2000] [--concurrency 32] [--warmup 100]
-    [--json]`` on a machine with Postgres (127.0.0.1:5432, user postgres, trust auth), Redis
-    (6379) and RabbitMQ (5672, guest/guest, ``rabbitmqctl`` usable by this user) running.
+    ``uv run python bench/submit.py`` with the options ``--requests N`` (2000),
+    ``--concurrency C`` (32), ``--warmup W`` (100), ``--json`` (one JSON object on stdout),
+    ``--no-concurrent-baseline`` and ``--profile-api FILE`` (cProfile of the API; slow), on a
+    machine with Postgres (127.0.0.1:5432, user postgres, trust auth), Redis (6379) and
+    RabbitMQ (5672, guest/guest, ``rabbitmqctl`` usable by this user) running.
 
     It builds its own backends and removes them at the end, also on an error or Ctrl-C: a
     fresh database ``aimarket_bench_<hex>`` migrated by Alembic, a RabbitMQ vhost, Redis
@@ -59,12 +64,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import httpx
+
 ROOT = Path(__file__).resolve().parent.parent
-# Run as a script, sys.path[0] is bench/: make the project importable without installing it.
+# Run as a script, sys.path[0] is bench/: make the project importable without installing it
+# (its modules are imported inside the functions that need them, after this).
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-
-import httpx  # noqa: E402
 
 BIN = Path(sys.executable).parent
 PG = ("127.0.0.1", 5432)
@@ -114,6 +120,14 @@ class Phase:
     machine_busy: float = 0.0
     #: The busiest processes inside "other", CPU ms per accepted operation.
     other_top_ms_per_op: dict[str, float] = field(default_factory=dict)
+    #: Share of one core used by the main thread (the event loop) of the API and of this
+    #: process during the phase.
+    main_thread_busy: dict[str, float] = field(default_factory=dict)
+    #: Postgres backends started and ended between the start and the end of the phase.
+    postgres_started: int = 0
+    postgres_ended: int = 0
+    #: The first few errors, with when they happened in the phase.
+    error_samples: list[str] = field(default_factory=list)
     #: Median of each part of an operation, in ms (bare loops: insert + commit, publish).
     parts_p50_ms: dict[str, float] = field(default_factory=dict)
 
@@ -210,15 +224,34 @@ def cpu_snapshot() -> CpuSnapshot:
     return CpuSnapshot(threads, _machine_cpu())
 
 
+def postgres_churn(before: CpuSnapshot, after: CpuSnapshot) -> tuple[int, int]:
+    """Postgres processes (one per connection) that appeared and disappeared between two
+    snapshots: a pool that keeps its connections shows (0, 0)."""
+    pids = [
+        {pid for (pid, _), (comm, _) in snap.threads.items() if comm == "postgres"}
+        for snap in (before, after)
+    ]
+    return len(pids[1] - pids[0]), len(pids[0] - pids[1])
+
+
+def main_thread_cpu(before: CpuSnapshot, after: CpuSnapshot, pid: int) -> float:
+    """CPU seconds of a process's main thread (the event loop, in the API and here): one
+    thread cannot use more than one core, so near 1 s per second it is the limit."""
+    key = (pid, pid)
+    if key not in after.threads:
+        return 0.0
+    return after.threads[key][1] - before.threads.get(key, ("", 0.0))[1]
+
+
 def cpu_groups(
     before: CpuSnapshot, after: CpuSnapshot, api_pid: int
-) -> tuple[dict[str, float], Counter[str]]:
+) -> tuple[dict[str, float], dict[str, float]]:
     """CPU seconds spent between two snapshots: the API process, this process (the HTTP
     client, or the bare loop), Postgres backends, RabbitMQ, interrupts, stolen time and the
     rest of the machine (other processes, kernel threads, threads that ended meanwhile).
     Also the other processes by name, to tell a noisy neighbour from the benchmark."""
     groups = dict.fromkeys(("api", "bench", "postgres", "rabbitmq"), 0.0)
-    others: Counter[str] = Counter()
+    others: dict[str, float] = {}
     for (pid, tid), (comm, seconds) in after.threads.items():
         used = seconds - before.threads.get((pid, tid), (comm, 0.0))[1]
         if pid == api_pid:
@@ -230,7 +263,7 @@ def cpu_groups(
         elif comm.startswith(("beam", "erl_child")):
             groups["rabbitmq"] += used
         elif used > 0:
-            others[comm] += used
+            others[comm] = others.get(comm, 0.0) + used
     groups["irq"] = after.machine.irq_s - before.machine.irq_s
     groups["steal"] = after.machine.steal_s - before.machine.steal_s
     busy = after.machine.busy_s - before.machine.busy_s
@@ -257,7 +290,7 @@ def require_reachable() -> None:
 
 def pg_execute(sql: str) -> str | None:
     """Run one statement on the maintenance database; returns the first value, if any."""
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]  # (no stubs)
 
     async def run() -> str | None:
         conn = await asyncpg.connect(host=PG[0], port=PG[1], user="postgres", database="postgres")
@@ -358,6 +391,9 @@ def service_env(backends: Backends) -> dict[str, str]:
         AWS_SECRET_KEY="testing",
         MARKETPLACE_TOKEN=TOKEN,
         LOG_LEVEL="WARNING",
+        # The API runs the code of the tree this file is in, as the baseline does, even when
+        # the installed (editable) package points at another checkout.
+        PYTHONPATH=str(ROOT),
     )
     return env
 
@@ -373,8 +409,8 @@ class Api:
     start_live_s: float = 0.0
     start_ready_s: float = 0.0
 
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
+    def output(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def start_api(env: dict[str, str], stack: contextlib.ExitStack, profile: Path | None = None) -> Api:
@@ -386,7 +422,7 @@ def start_api(env: dict[str, str], stack: contextlib.ExitStack, profile: Path | 
     command = [str(BIN / "aimarket"), "serve", "--port", str(port)]
     if profile is not None:
         # cProfile sees the event loop's thread, where the request handling runs; it writes
-        # the file when uvicorn exits on SIGTERM. It slows the API: not for the figures.
+        # its file when uvicorn exits (see stop()). It slows the API: not for the figures.
         command = [sys.executable, "-m", "cProfile", "-o", str(profile.resolve()), *command]
     spawned = time.perf_counter()
     proc = subprocess.Popen(
@@ -398,7 +434,9 @@ def start_api(env: dict[str, str], stack: contextlib.ExitStack, profile: Path | 
     )
 
     def stop() -> None:
-        proc.terminate()
+        # uvicorn re-raises the signal it caught once it has shut down: SIGTERM then kills
+        # the process before cProfile writes its file, a KeyboardInterrupt lets it write.
+        proc.send_signal(signal.SIGINT if profile is not None else signal.SIGTERM)
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
@@ -431,6 +469,20 @@ def start_api(env: dict[str, str], stack: contextlib.ExitStack, profile: Path | 
     return api
 
 
+def summarize_log(text: str) -> dict[str, Any]:
+    """Line counts of the API's log and its warnings and errors (the API runs at WARNING, so
+    INFO lines there mean a logger that ignores LOG_LEVEL)."""
+    lines = text.splitlines()
+    problems = [
+        line[:300] for line in lines if line.startswith(("WARNING", "ERROR", "CRITICAL", "Trace"))
+    ]
+    return {
+        "lines": len(lines),
+        "info": sum(line.startswith("INFO") for line in lines),
+        "problems": problems[:50],
+    }
+
+
 @dataclass
 class ProcessInfo:
     rss_mib: float
@@ -459,8 +511,16 @@ def inspect_process(pid: int) -> ProcessInfo:
 
 # --- Load generation ----------------------------------------------------------------------
 
-#: One operation: returns None when accepted, else a short label of what went wrong.
-Op = Callable[[int], Awaitable[str | None]]
+#: One operation: (which concurrent loop runs it, its index); it raises when not accepted.
+Op = Callable[[int, int], Awaitable[None]]
+
+
+class Rejected(Exception):
+    """An answer other than the expected one (e.g. an HTTP status other than 202)."""
+
+    def __init__(self, label: str, detail: str) -> None:
+        super().__init__(f"{label}: {detail}")
+        self.label = label
 
 
 async def drive(
@@ -470,69 +530,90 @@ async def drive(
     finish (a closed loop: at most ``concurrency`` operations in flight)."""
     latencies: list[float] = []
     errors: Counter[str] = Counter()
+    samples: list[str] = []  # the first few errors in full, to tell what went wrong
     counter = itertools.count()  # shared by the coroutines; one event loop, so no lock
 
-    async def loop() -> None:
+    async def loop(worker: int) -> None:
         while (i := next(counter)) < n:
             t0 = time.perf_counter()
             try:
-                outcome = await op(i)
+                await op(worker, i)
             except Exception as exc:
-                outcome = type(exc).__name__
-            elapsed = time.perf_counter() - t0
-            if outcome is None:
-                latencies.append(elapsed)
+                errors[exc.label if isinstance(exc, Rejected) else type(exc).__name__] += 1
+                if len(samples) < 5:
+                    took = time.perf_counter() - t0
+                    samples.append(f"op {i} at {t0 - start:.2f}s, after {took:.3f}s: {exc!r}")
             else:
-                errors[outcome] += 1
+                latencies.append(time.perf_counter() - t0)
 
     before = cpu_snapshot() if measure else None
     start = time.perf_counter()
-    await asyncio.gather(*(loop() for _ in range(concurrency)))
+    await asyncio.gather(*(loop(worker) for worker in range(concurrency)))
     wall = time.perf_counter() - start
     phase = summarize(name, concurrency, n, wall, latencies, errors)
+    phase.error_samples = samples
     if before is not None:
         after = cpu_snapshot()
         used, others = cpu_groups(before, after, api_pid)
         per = max(1, phase.accepted)
         phase.cpu_ms_per_op = {k: v * 1000 / per for k, v in used.items()}
-        phase.other_top_ms_per_op = {k: v * 1000 / per for k, v in others.most_common(3)}
+        busiest = sorted(others.items(), key=lambda item: -item[1])[:3]
+        phase.other_top_ms_per_op = {k: v * 1000 / per for k, v in busiest}
+        phase.postgres_started, phase.postgres_ended = postgres_churn(before, after)
+        phase.main_thread_busy = {
+            name: main_thread_cpu(before, after, pid) / wall if wall > 0 else 0.0
+            for name, pid in (("api", api_pid), ("bench", os.getpid()))
+        }
         total = after.machine.total_s - before.machine.total_s
         busy = after.machine.busy_s - before.machine.busy_s
         phase.machine_busy = busy / total if total > 0 else 0.0
     return phase
 
 
-def api_op(client: httpx.AsyncClient, prefix: str) -> Op:
-    async def op(i: int) -> str | None:
+def api_op(clients: list[httpx.AsyncClient], prefix: str) -> Op:
+    async def op(worker: int, i: int) -> None:
         body = {"workflow": WORKFLOW, "user_id": f"{prefix}-{i:06d}", "input": INPUT}
-        response = await client.post("/v1/tasks", json=body)
-        return None if response.status_code == 202 else f"HTTP {response.status_code}"
+        response = await clients[worker % len(clients)].post("/v1/tasks", json=body)
+        if response.status_code != 202:
+            raise Rejected(f"HTTP {response.status_code}", response.text[:300])
 
     return op
 
 
 async def measure_api(api: Api, args: argparse.Namespace, run_tag: str) -> Phase:
     c = args.concurrency
-    limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
-    async with httpx.AsyncClient(
-        base_url=api.url,
-        headers={"authorization": f"Bearer {TOKEN}"},
-        limits=limits,
-        timeout=60,
-    ) as client:
+    # C connections either way. By default each concurrent client has its own AsyncClient
+    # (a pool of one): httpx's shared pool costs the load generator 2 ms of CPU a request at
+    # C=32 and 6 ms at C=64 (0.8 ms with a pool each), CPU taken from the API on a small
+    # machine. --shared-pool measures one AsyncClient with a pool of C instead.
+    pools, size = (1, c) if args.shared_pool else (c, 1)
+    limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(
+                    base_url=api.url,
+                    headers={"authorization": f"Bearer {TOKEN}"},
+                    limits=limits,
+                    timeout=60,
+                )
+            )
+            for _ in range(pools)
+        ]
         # The warm-up opens the keep-alive connections, the API's database pool and its
         # per-thread RabbitMQ channels, so the measured phase sees a steady state.
         warm = await drive(
-            "warm-up", args.warmup, c, api_op(client, f"warm-{run_tag}"), api.proc.pid, False
+            "warm-up", args.warmup, c, api_op(clients, f"warm-{run_tag}"), api.proc.pid, False
         )
         if warm.errors:
             log(f"warm-up errors: {warm.errors}")
-        log(f"API: {args.requests} submits, {c} clients")
+        how = "one shared pool" if args.shared_pool else "a pool each"
+        log(f"API: {args.requests} submits, {c} clients, {how}")
         return await drive(
-            f"API POST /v1/tasks (C={c})",
+            f"API POST /v1/tasks (C={c}{', shared pool' if args.shared_pool else ''})",
             args.requests,
             c,
-            api_op(client, f"bench-{run_tag}"),
+            api_op(clients, f"bench-{run_tag}"),
             api.proc.pid,
         )
 
@@ -573,20 +654,19 @@ async def measure_bare(
     Parts = dict[str, list[float]]
 
     def sequential(prefix: str, parts: Parts) -> Op:
-        async def op(i: int) -> str | None:
+        async def op(worker: int, i: int) -> None:
             t0 = time.perf_counter()
             task = await insert_task(services.db, new_task(f"{prefix}-{i:06d}"))
             t1 = time.perf_counter()
             # Blocking publish on the loop's own thread: nothing else runs meanwhile.
-            plan.pipeline(services.broker, task.id).run()
+            plan.pipeline(services.broker, task.id).run()  # type: ignore[no-untyped-call]
             parts["insert"].append(t1 - t0)
             parts["publish"].append(time.perf_counter() - t1)
-            return None
 
         return op
 
     def threaded(prefix: str, parts: Parts) -> Op:
-        async def op(i: int) -> str | None:
+        async def op(worker: int, i: int) -> None:
             t0 = time.perf_counter()
             task = await insert_task(services.db, new_task(f"{prefix}-{i:06d}"))
             t1 = time.perf_counter()
@@ -594,7 +674,6 @@ async def measure_bare(
             await asyncio.to_thread(plan.pipeline(services.broker, task.id).run)
             parts["insert"].append(t1 - t0)
             parts["publish"].append(time.perf_counter() - t1)
-            return None
 
         return op
 
@@ -611,7 +690,7 @@ async def measure_bare(
         result.parts_p50_ms = {k: percentile(sorted(v), 50) * 1000 for k, v in parts.items()}
         return result
 
-    # asyncio's default pool has min(32, cores + 4) threads: 6 here. Give it one per
+    # asyncio's default pool has min(32, cores + 4) threads: 6 on two cores. Give it one per
     # coroutine, as anyio's 40-token pool does for the API, so threads are not the limit.
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(max_workers=c, thread_name_prefix="publish")
@@ -672,6 +751,7 @@ def machine() -> dict[str, str]:
 def render(report: dict[str, Any]) -> str:
     m = report["machine"]
     api = report["api_process"]
+    w = max(len(p["name"]) for p in report["phases"]) + 2  # width of the name column
     lines = [
         f"aimarket submit benchmark, {m['date']}, commit {m.get('commit', '?')}",
         f"machine: {m['nproc']} x {m['cpu']}, Python {m['python']}, "
@@ -679,34 +759,51 @@ def render(report: dict[str, Any]) -> str:
         f"{report['requests']} operations per phase after {report['warmup']} warm-up, "
         f"concurrency {report['concurrency']}",
         "",
-        f"{'phase':<28}{'ops/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+        f"{'phase':<{w}}{'ops/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}"
         f"{'errors':>8}",
     ]
     for p in report["phases"]:
         lines.append(
-            f"{p['name']:<28}{p['rate_per_s']:>9.0f}{p['p50_ms']:>9.1f}{p['p90_ms']:>9.1f}"
+            f"{p['name']:<{w}}{p['rate_per_s']:>9.0f}{p['p50_ms']:>9.1f}{p['p90_ms']:>9.1f}"
             f"{p['p99_ms']:>9.1f}{p['max_ms']:>9.1f}{sum(p['errors'].values()):>8}"
         )
     lines.append("")
     for name, ratio in report["ratios"].items():
         verdict = "meets" if ratio >= 0.5 else "BELOW"
         lines.append(f"ratio {name}: {ratio:.2f} ({verdict} the 0.5 bar)")
+    for name, ratio in report["cpu_ratios"].items():
+        lines.append(f"CPU per task, {name} (server side, no HTTP client): {ratio:.2f}")
     lines += ["", "CPU ms per accepted task (machine busy share during the phase):"]
     for p in report["phases"]:
         parts = ", ".join(f"{k} {v:.2f}" for k, v in p["cpu_ms_per_op"].items())
-        lines.append(f"  {p['name']:<28}{parts} ({p['machine_busy']:.0%} busy)")
+        lines.append(f"  {p['name']:<{w}}{parts} ({p['machine_busy']:.0%} busy)")
+        loops = ", ".join(f"{k} {v:.0%}" for k, v in p["main_thread_busy"].items())
+        lines.append(f"  {'':<{w}}main thread (event loop) busy: {loops}")
+        if p["postgres_started"] or p["postgres_ended"]:
+            lines.append(
+                f"  {'':<{w}}Postgres connections: {p['postgres_started']} new, "
+                f"{p['postgres_ended']} closed"
+            )
         if p["other_top_ms_per_op"]:
             top = ", ".join(f"{k} {v:.2f}" for k, v in p["other_top_ms_per_op"].items())
-            lines.append(f"  {'':<28}busiest in other: {top}")
+            lines.append(f"  {'':<{w}}busiest in other: {top}")
     lines += ["", "median ms of each part of a bare-loop task:"]
     for p in report["phases"]:
         if p["parts_p50_ms"]:
             parts = ", ".join(f"{k} {v:.1f}" for k, v in p["parts_p50_ms"].items())
-            lines.append(f"  {p['name']:<28}{parts}")
+            lines.append(f"  {p['name']:<{w}}{parts}")
     lines += ["", f"background CPU load before the run: {report['background_busy']:.0%}"]
-    errors = {p["name"]: p["errors"] for p in report["phases"] if p["errors"]}
-    if errors:
-        lines += ["", f"errors: {errors}"]
+    for p in report["phases"]:
+        if p["errors"]:
+            lines += ["", f"errors in {p['name']}: {p['errors']}, first ones:"]
+            lines += [f"  {sample}" for sample in p["error_samples"]]
+    api_log = report["api_log"]
+    lines += [
+        "",
+        f"API log (LOG_LEVEL=WARNING): {api_log['lines']} lines, {api_log['info']} at INFO, "
+        f"{len(api_log['problems'])} warnings or errors",
+        *[f"  {line}" for line in api_log["problems"][:10]],
+    ]
     lines += [
         "",
         f"API start-up: {api['start_live_s']:.2f}s spawn -> first 200 on /health/live, "
@@ -735,6 +832,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--no-concurrent-baseline",
         action="store_true",
         help="skip the bare loop with --concurrency coroutines",
+    )
+    parser.add_argument(
+        "--shared-pool",
+        action="store_true",
+        help="drive the API through one httpx.AsyncClient with a pool of C connections "
+        "(default: C clients with one connection each; the shared pool costs more CPU)",
     )
     parser.add_argument(
         "--profile-api",
@@ -768,8 +871,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # Read after the load, while the process still holds what the run made it allocate.
         info = inspect_process(api.proc.pid)
         details = machine()
+        api_log = summarize_log(api.log_path.read_text(errors="replace"))
     api_rate = phases[0].rate_per_s
     ratios = {f"API / {p.name}": api_rate / p.rate_per_s for p in phases[1:] if p.rate_per_s > 0}
+
+    # Server-side CPU per task (no HTTP client) against the bare loop's: unlike the rates, this
+    # hardly moves with neighbours, and it does not charge the load generator to the API.
+    def server_cpu(phase: Phase, own: str) -> float:
+        use = phase.cpu_ms_per_op
+        return sum(use.get(k, 0.0) for k in (own, "postgres", "rabbitmq", "irq"))
+
+    cpu_ratios = {
+        f"{p.name} / API": server_cpu(p, "bench") / server_cpu(phases[0], "api")
+        for p in phases[1:]
+        if server_cpu(phases[0], "api") > 0
+    }
     return {
         "machine": details,
         "requests": args.requests,
@@ -777,7 +893,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "warmup": args.warmup,
         "phases": [asdict(p) for p in phases],
         "ratios": ratios,
+        "cpu_ratios": cpu_ratios,
         "background_busy": idle_load,
+        "api_log": api_log,
         "api_process": {
             "start_live_s": api.start_live_s,
             "start_ready_s": api.start_ready_s,
@@ -789,6 +907,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
+    # Also when started in the background, where SIGINT arrives ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         report = run(args)
     except KeyboardInterrupt:
