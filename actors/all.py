@@ -1,8 +1,43 @@
 """Imports every actor module, so a worker (or the API) that imports this knows every stage.
 
-Add a new stage module here; workflows then reference its actors by name.
+Built-in stages are imported below. Stages from elsewhere come in two ways, with no change
+here: an installed package that declares an entry point in the ``aimarket.stages`` group (its
+module registers actors with ``@stage`` when imported), and the modules listed in the
+``ACTOR_MODULES`` setting (for stages kept beside a deployment's workflow folder).
 """
 
-from actors import generate, lifecycle, store, visualize
+from __future__ import annotations
 
-__all__ = ["generate", "lifecycle", "store", "visualize"]
+import importlib
+import logging
+from importlib.metadata import entry_points
+
+from actors import dag, generate, lifecycle, mix, store, visualize
+from aimarket.settings import SettingsError, get_settings
+
+__all__ = ["dag", "generate", "lifecycle", "mix", "store", "visualize"]
+
+ENTRY_POINT_GROUP = "aimarket.stages"
+log = logging.getLogger(__name__)
+
+
+def _load_plugins() -> list[str]:
+    loaded = []
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        entry.load()
+        loaded.append(f"{entry.name} ({entry.value})")
+    for name in filter(None, (m.strip() for m in get_settings().actor_modules.split(","))):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise SettingsError(
+                f"ACTOR_MODULES names {name!r}, which cannot be imported: {exc} "
+                "(is its folder on PYTHONPATH?)"
+            ) from None
+        loaded.append(name)
+    if loaded:
+        log.info("stage plugins: %s", ", ".join(loaded))
+    return loaded
+
+
+PLUGINS = _load_plugins()

@@ -3,6 +3,7 @@ and ``task.fail``, which ends a task whose stage failed for good."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -29,7 +30,7 @@ async def active_task(task_id: str) -> Task:
     return task
 
 
-@stage("task.validate")
+@stage("task.validate", outputs=())
 async def validate(
     task_id: str, workflow: str, stage_id: str, previous: Any = None
 ) -> dict[str, Any]:
@@ -43,7 +44,7 @@ async def validate(
     return {}
 
 
-@stage("task.aggregate")
+@stage("task.aggregate", outputs=())
 async def aggregate(
     task_id: str, workflow: str, stage_id: str, previous: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -68,7 +69,13 @@ async def fail(task_id: str, stage_id: str, code: str, message: str) -> None:
         return
     await res.state.set_result(task_id, {"status": TaskStatus.FAILED, "code": code})
     task = await get_task(res.db, task_id)
-    if task is not None:
+    if task is None:
+        return
+    plan = res.plans.get(task.workflow)
+    if plan is not None and plan.has_handlers:
+        # The workflow says what to do on failure (on_failure, then finally).
+        await asyncio.to_thread(plan.handlers(res.broker, task_id, failed=True).run)
+    else:
         callback.send(task_id, task.workflow, "callback")
 
 

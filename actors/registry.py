@@ -20,12 +20,23 @@ from actors.resources import resources
 
 #: Every registered stage actor name -> its default queue (what workflows may reference).
 STAGE_QUEUES: dict[str, str] = {}
+#: The output keys of actors that declare them (lets the loader check `stages.x.key`).
+STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {}
 
 StageFn = Callable[..., Awaitable[dict[str, Any]]]
 
 
-def stage(name: str, *, queue: str = "default", **options: Any) -> Callable[[StageFn], Any]:
+def stage(
+    name: str,
+    *,
+    queue: str = "default",
+    outputs: tuple[str, ...] | None = None,
+    **options: Any,
+) -> Callable[[StageFn], Any]:
     """Register ``fn`` as the stage actor ``name`` on the current Dramatiq broker.
+
+    ``outputs`` names the keys of the dict it returns, so workflows that read a key it does
+    not have are refused when they load.
 
     Each run is recorded in the task's short-lived state (running, done or error), which
     ``GET /v1/tasks/{id}`` shows while the task is in flight.
@@ -34,12 +45,24 @@ def stage(name: str, *, queue: str = "default", **options: Any) -> Callable[[Sta
     def register(fn: StageFn) -> Any:
         @functools.wraps(fn)
         async def run(
-            task_id: str, workflow: str, stage_id: str, *rest: Any
+            task_id: str, workflow: str, stage_id: str, previous: Any = None
         ) -> dict[str, Any] | None:
+            from actors import dag
+
             state = resources().state
             await state.stage_event(task_id, stage_id, "running")
             try:
-                result = await fn(task_id, workflow, stage_id, *rest)
+                item = dag.dag_item(previous)
+                if item is not None:
+                    await dag.run_stage(fn, task_id, workflow, stage_id, item)
+                    result = None
+                else:
+                    result = await fn(
+                        task_id,
+                        workflow,
+                        stage_id,
+                        await _input(task_id, workflow, stage_id, previous),
+                    )
             except BaseException:
                 await state.stage_event(task_id, stage_id, "error")
                 raise
@@ -50,6 +73,8 @@ def stage(name: str, *, queue: str = "default", **options: Any) -> Callable[[Sta
             run
         )
         STAGE_QUEUES[name] = queue
+        if outputs is not None:
+            STAGE_OUTPUTS[name] = outputs
         return actor
 
     return register
@@ -59,3 +84,19 @@ def _piped() -> bool:
     """Whether a next stage will receive this stage's result (else nothing keeps it)."""
     message = CurrentMessage.get_current_message()
     return message is None or message.options.get("pipe_target") is not None
+
+
+async def _input(task_id: str, workflow: str, stage_id: str, previous: Any) -> Any:
+    """In a pipeline, a stage (a handler, say) with an ``input:`` mapping gets it evaluated;
+    any other gets the previous stage's result, as Dramatiq's pipeline passes it."""
+    res = resources()
+    plan = res.plans.get(workflow)
+    if plan is None or stage_id not in plan._index or not plan.step(stage_id).stage.input:
+        return previous
+    from actors import dag
+    from db.tasks import get_task
+
+    task = await get_task(res.db, task_id)
+    if task is None:
+        return previous
+    return await dag.stage_input(res, plan, plan.step(stage_id), task, -1, None)

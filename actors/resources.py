@@ -7,10 +7,13 @@ import threading
 from dataclasses import dataclass
 from functools import cached_property
 
+import dramatiq
+
 from aimarket.backends import Media, State, database_url, make_media, make_state
 from aimarket.settings import Settings, get_settings
 from db.engine import Database
-from workflows.loader import BUILTIN_DIR, load_workflows
+from workflows.compiler import Plan, compile_workflow
+from workflows.loader import load_configured
 from workflows.spec import Stage, Workflow
 
 
@@ -34,16 +37,21 @@ class Resources:
 
     @cached_property
     def workflows(self) -> dict[str, Workflow]:
+        return load_configured(self.settings)
+
+    @cached_property
+    def plans(self) -> dict[str, Plan]:
         from actors.registry import STAGE_QUEUES
 
-        dirs = [BUILTIN_DIR, *self.settings.extra_workflow_dirs]
-        return load_workflows(dirs, STAGE_QUEUES, self.settings)
+        return {name: compile_workflow(wf, STAGE_QUEUES) for name, wf in self.workflows.items()}
+
+    @cached_property
+    def broker(self) -> dramatiq.Broker:
+        return dramatiq.get_broker()
 
     def stage(self, workflow: str, stage_id: str) -> Stage:
-        for stage in self.workflows[workflow].stages:
-            if stage.id == stage_id:
-                return stage
-        raise KeyError(f"{workflow}.{stage_id}")
+        """A main or handler stage of a workflow."""
+        return self.plans[workflow].step(stage_id).stage
 
 
 _lock = threading.Lock()

@@ -21,7 +21,7 @@ EXTENSIONS = {
 }
 
 
-@stage("media.store")
+@stage("media.store", outputs=("outputs",))
 async def store(
     task_id: str, workflow: str, stage_id: str, previous: dict[str, Any] | None = None
 ) -> dict[str, Any]:

@@ -22,7 +22,7 @@ def _pictures(wav: bytes) -> tuple[bytes, bytes]:
     return waveform_png(channels_first, rate), spectrogram_png(channels_first, rate)
 
 
-@stage("media.visualize")
+@stage("media.visualize", outputs=("media",))
 async def visualize(
     task_id: str, workflow: str, stage_id: str, previous: dict[str, Any] | None = None
 ) -> dict[str, Any]:

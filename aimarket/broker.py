@@ -5,7 +5,15 @@ from __future__ import annotations
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import AsyncIO, CurrentMessage, Retries
+from dramatiq.middleware import (
+    AgeLimit,
+    AsyncIO,
+    Callbacks,
+    CurrentMessage,
+    Pipelines,
+    ShutdownNotifications,
+    TimeLimit,
+)
 
 from aimarket.settings import Settings
 
@@ -23,16 +31,28 @@ def setup_broker(settings: Settings) -> dramatiq.Broker:
     url = settings.rabbitmq_url
     # Embedded mode (no RabbitMQ): messages stay in this process, whose API runs the workers.
     # confirm_delivery: a 202 means RabbitMQ has the message, not that pika buffered it.
-    broker: dramatiq.Broker = (
-        StubBroker() if url is None else RabbitmqBroker(url=url, confirm_delivery=True)
-    )
-    broker.add_middleware(AsyncIO())
-    broker.add_middleware(CurrentMessage())
     from actors.failures import TaskFailures
+    from actors.retries import StageRetries
 
-    # "after" hooks run in reverse order: placed before Retries, it runs after it and so sees
-    # ``message.failed`` once Retries has given up on the message.
-    broker.add_middleware(TaskFailures(), before=Retries)
+    # Dramatiq's defaults, with Retries replaced by one that reads each stage's policy.
+    # "after" hooks run in reverse order: TaskFailures, placed before StageRetries, runs after
+    # it and so sees ``message.failed`` once the retries have given up.
+    middleware = [
+        AgeLimit(),
+        TimeLimit(),
+        ShutdownNotifications(),
+        Callbacks(),
+        Pipelines(),
+        TaskFailures(),
+        StageRetries(),
+        AsyncIO(),
+        CurrentMessage(),
+    ]
+    broker: dramatiq.Broker = (
+        StubBroker(middleware=middleware)
+        if url is None
+        else RabbitmqBroker(url=url, confirm_delivery=True, middleware=middleware)
+    )
     dramatiq.set_broker(broker)
     import actors.all  # noqa: F401  (registers every stage actor on this broker)
 

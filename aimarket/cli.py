@@ -199,6 +199,8 @@ def validate(paths: tuple[Path, ...], fmt: str) -> None:
     except SettingsError as exc:
         fail(str(exc))
     queues = actor_queues()
+    from actors.registry import STAGE_OUTPUTS
+
     targets = list(paths) or [BUILTIN_DIR, *settings.extra_workflow_dirs]
     files = sorted(
         f
@@ -207,7 +209,13 @@ def validate(paths: tuple[Path, ...], fmt: str) -> None:
     )
     diagnostics: list[Diagnostic] = []
     for file in files:
-        _, found = check_file(file, queues, settings)
+        _, found = check_file(
+            file,
+            queues,
+            settings,
+            actor_outputs=STAGE_OUTPUTS,
+            extra_queues=settings.extra_queue_names,
+        )
         diagnostics.extend(found)
     errors = sum(d.severity == "error" for d in diagnostics)
     if fmt == "json":
@@ -221,6 +229,40 @@ def validate(paths: tuple[Path, ...], fmt: str) -> None:
         warnings = len(diagnostics) - errors
         click.echo(f"{len(files)} file(s) checked, {errors} error(s), {warnings} warning(s)")
     sys.exit(1 if errors else 0)
+
+
+@workflows.command()
+@click.argument("name")
+@click.option("--format", "fmt", type=click.Choice(["mermaid", "outline"]), default="mermaid")
+def graph(name: str, fmt: str) -> None:
+    """Print a workflow's plan: stages, branches, fan-outs and queues."""
+    from aimarket.broker import actor_queues
+    from workflows.compiler import compile_workflow
+    from workflows.diagnostics import WorkflowError
+    from workflows.graph import mermaid, outline
+    from workflows.loader import load_configured
+
+    try:
+        settings = get_settings()
+        queues = actor_queues()
+        loaded = load_configured(settings)
+    except (SettingsError, WorkflowError) as exc:
+        fail(str(exc))
+    if name not in loaded:
+        fail(f"no workflow {name!r} (known: {', '.join(sorted(loaded))})")
+    plan = compile_workflow(loaded[name], queues)
+    stage_queues = {s.stage.id: s.queue for s in (*plan.steps, *plan.on_failure, *plan.finally_)}
+    render = mermaid if fmt == "mermaid" else outline
+    click.echo(render(loaded[name], stage_queues))
+    click.echo(f"%% runs as a {plan.mode}" if fmt == "mermaid" else f"runs as a {plan.mode}")
+
+
+@workflows.command()
+def schema() -> None:
+    """Print the JSON Schema of the workflow language (for editors and CI)."""
+    from workflows.loader import LANGUAGE_SCHEMA_PATH
+
+    click.echo(LANGUAGE_SCHEMA_PATH.read_text())
 
 
 @main.group()

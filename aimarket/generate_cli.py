@@ -82,12 +82,12 @@ class ProgressBar:
         if self.first is None or fraction < self.first[1]:
             self.first = (now, fraction)
         t0, f0 = self.first
-        left = (now - t0) / (fraction - f0) * (1 - fraction) if fraction > f0 else float("nan")
+        left = (now - t0) / (fraction - f0) * (1 - fraction) if fraction > f0 else None
         filled = int(fraction * self.WIDTH)
         bar = "#" * filled + "-" * (self.WIDTH - filled)
         text = (
             f"{reported.get('stage') or 'progress'} [{bar}] {fraction * 100:5.1f}%  "
-            f"elapsed {elapsed:5.1f}s  left {left:5.1f}s"
+            f"elapsed {elapsed:5.1f}s  left " + (f"{left:5.1f}s" if left is not None else "    ?")
         )
         step = int(fraction * 10)
         if self.tty:

@@ -106,6 +106,12 @@ class Settings(msgspec.Struct, kw_only=True, rename="upper", forbid_unknown_fiel
     # --- Workflows and delivery ----------------------------------------------------------
     #: Extra folders of workflow YAML files, separated by commas.
     workflows_dirs: str = ""
+    #: Extra Python modules to import for their stage actors, separated by commas (installed
+    #: packages register theirs through the ``aimarket.stages`` entry point instead).
+    actor_modules: str = ""
+    #: Queues served by worker pools beyond the actors' own (e.g. ``musicgen-large``), so a
+    #: workflow may route a stage there; separated by commas.
+    extra_queues: str = ""
     #: Seconds a callback POST may take before it counts as failed (it is then retried).
     callback_timeout: PositiveFloat = 10.0
     #: Python logging level name.
@@ -140,6 +146,10 @@ class Settings(msgspec.Struct, kw_only=True, rename="upper", forbid_unknown_fiel
             return None
         auth = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
         return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db_name}"
+
+    @property
+    def extra_queue_names(self) -> list[str]:
+        return [q.strip() for q in self.extra_queues.split(",") if q.strip()]
 
     @property
     def bucket(self) -> str:

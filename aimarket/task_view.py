@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 
 from aimarket.backends import Media
-from db.models import Task
+from db.models import StageRun, Task
 
 
 class OutputItem(msgspec.Struct, kw_only=True):
@@ -28,9 +28,14 @@ class TaskError(msgspec.Struct, kw_only=True):
     message: str
 
 
-class StageState(msgspec.Struct, kw_only=True):
+class StageState(msgspec.Struct, kw_only=True, omit_defaults=True):
     status: str
-    at: float
+    at: float | None = None
+    #: What the stage returned (DAG workflows keep it; a pipeline passes it on and forgets it).
+    output: Any = None
+    #: For a foreach stage: how many of its items have finished, out of how many.
+    items_done: int | None = None
+    items: int | None = None
 
 
 class TaskOut(msgspec.Struct, kw_only=True):
@@ -56,8 +61,14 @@ class TaskList(msgspec.Struct, kw_only=True):
     tasks: list[TaskOut]
 
 
-def task_view(task: Task, store: Media, live: dict[str, Any] | None = None) -> TaskOut:
-    """Build the client's view, presigning a fresh URL for each output."""
+def task_view(
+    task: Task,
+    store: Media,
+    live: dict[str, Any] | None = None,
+    runs: list[StageRun] | None = None,
+) -> TaskOut:
+    """Build the client's view, presigning a fresh URL for each output. ``live`` is the
+    short-lived state (stage events, progress), ``runs`` the DAG stage runs."""
     outputs = [
         OutputItem(
             name=o["name"],
@@ -79,6 +90,14 @@ def task_view(task: Task, store: Media, live: dict[str, Any] | None = None) -> T
         sid: StageState(status=entry["status"], at=entry["at"])
         for sid, entry in ((live or {}).get("stages") or {}).items()
     }
+    for run in runs or []:
+        if run.item >= 0:
+            entry = stages.setdefault(run.stage_id, StageState(status="running"))
+            entry.items = (entry.items or 0) + 1
+            entry.items_done = (entry.items_done or 0) + (run.status == "succeeded")
+        elif not run.stage_id.startswith("$"):
+            entry = stages.setdefault(run.stage_id, StageState(status=run.status))
+            entry.status, entry.output = run.status, run.output
     running = [sid for sid, st in stages.items() if st.status == "running"]
     stage = running[-1] if running else None
     reported = (live or {}).get("progress") or {}

@@ -49,7 +49,7 @@ async def resume_unfinished(services: Services) -> int:
                 error_message=f"workflow '{workflow}' no longer exists; the task was not resumed",
             )
             continue
-        plan.pipeline(services.broker, task_id).run()  # type: ignore[no-untyped-call]
+        plan.resume(services.broker, task_id)
         resumed += 1
     if resumed:
         log.info("resumed %d unfinished task(s) after a restart", resumed)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import dramatiq
 
@@ -11,7 +13,7 @@ from aimarket.broker import setup_broker
 from aimarket.settings import Settings
 from db.engine import Database
 from workflows.compiler import Plan, compile_workflow, declare_queues
-from workflows.loader import BUILTIN_DIR, load_workflows
+from workflows.loader import load_configured
 from workflows.spec import Workflow
 
 
@@ -25,6 +27,11 @@ class Services:
     broker: dramatiq.Broker
     workflows: dict[str, Workflow]
     plans: dict[str, Plan]
+    #: Publishes run on these long-lived threads: Dramatiq keeps a RabbitMQ connection per
+    #: thread, and a pool that retires idle threads (anyio's) leaks one connection each time.
+    publisher: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=4, thread_name_prefix="publish")
+    )
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -36,9 +43,7 @@ class Services:
         broker = setup_broker(settings)
         from actors.registry import STAGE_QUEUES
 
-        workflows = load_workflows(
-            [BUILTIN_DIR, *settings.extra_workflow_dirs], STAGE_QUEUES, settings
-        )
+        workflows = load_configured(settings)
         plans = {name: compile_workflow(wf, STAGE_QUEUES) for name, wf in workflows.items()}
         declare_queues(broker, plans)
         return cls(
@@ -52,6 +57,12 @@ class Services:
             plans=plans,
         )
 
+    async def publish(self, plan: Plan, task_id: str) -> None:
+        """Queue a task's first message (a confirmed, blocking publish) off the event loop."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.publisher, plan.start, self.broker, task_id)
+
     async def close(self) -> None:
+        self.publisher.shutdown(wait=False)
         await self.db.dispose()
         await self.state.close()

@@ -20,6 +20,7 @@ from aimarket.task_view import TaskList, TaskOut, task_view
 from api.errors import ApiError, error_response
 from api.schemas import CreateTask
 from api.services import Services
+from db import stage_runs
 from db.models import Task, TaskStatus
 from db.tasks import finish_task, get_task, insert_task, recent_tasks, utcnow
 from workflows.inputs import InputError, validate_input
@@ -78,9 +79,9 @@ async def submit_task(services: Services, data: CreateTask) -> Task:
     await insert_task(services.db, task)
     # Sent only after the commit above, so a worker never sees a task that is not there.
     # pika blocks: publish from a thread, never on the event loop.
-    pipeline = services.plans[workflow.name].pipeline(services.broker, task.id)
+    plan = services.plans[workflow.name]
     try:
-        await anyio.to_thread.run_sync(pipeline.run)
+        await services.publish(plan, task.id)
     except Exception as exc:
         log.error("could not queue task %s: %s", task.id, exc)
         await finish_task(
@@ -128,7 +129,7 @@ class TaskController(Controller):
         if task is None:
             raise NotFoundException(f"no task '{task_id}'")
         live = await services.state.get(task_id) if not TaskStatus(task.status).terminal else None
-        return task_view(task, services.store, live)
+        return task_view(task, services.store, live, await stage_runs.runs(services.db, task_id))
 
     @get(
         "/",
@@ -173,9 +174,8 @@ async def task_events(services: Services, task_id: str) -> AsyncIterator[ServerS
         if task is None:
             return
         terminal = TaskStatus(task.status).terminal
-        view = task_view(
-            task, services.store, None if terminal else await services.state.get(task_id)
-        )
+        live = None if terminal else await services.state.get(task_id)
+        view = task_view(task, services.store, live, await stage_runs.runs(services.db, task_id))
         if terminal:
             yield ServerSentEventMessage(event="done", data=msgspec.json.encode(view).decode())
             return

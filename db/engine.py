@@ -21,10 +21,12 @@ class Database:
     shutdown: asyncpg connections belong to the event loop that opened them.
     """
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
-        kwargs: dict[str, object] = {"pool_pre_ping": True}
+    def __init__(self, url: str, *, pool_size: int = 20) -> None:
+        kwargs: dict[str, object] = {}
         if url.startswith("postgresql"):
-            kwargs |= {"pool_size": pool_size, "max_overflow": pool_size}
+            # No pre-ping (it doubles the round trips of a submit); connections are recycled
+            # instead, and one broken by a database restart fails one request, not more.
+            kwargs |= {"pool_size": pool_size, "max_overflow": pool_size, "pool_recycle": 1800}
         sqlite_file = sqlite_path(url)
         if sqlite_file is not None:
             sqlite_file.parent.mkdir(parents=True, exist_ok=True)

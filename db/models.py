@@ -6,7 +6,7 @@ import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, Index, String, Text, TypeDecorator
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, String, Text, TypeDecorator
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -66,3 +66,37 @@ class Task(Base):
     processing_s: Mapped[float | None] = mapped_column(Float)
     #: Seconds of audio produced, summed by the stats endpoint.
     audio_s: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class RunStatus(enum.StrEnum):
+    PENDING = "pending"  # a foreach item waiting for a free slot (max_concurrency)
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # its `when` was false
+
+    @property
+    def settled(self) -> bool:
+        """Done in a way that lets the stages after it start."""
+        return self in (RunStatus.SUCCEEDED, RunStatus.SKIPPED)
+
+
+class StageRun(Base):
+    """One run of a stage of a DAG workflow (``item`` -1 for the stage, 0.. for foreach items).
+
+    The primary key is what makes a join fire once: whoever inserts a stage's row is the one
+    who queues it, however many upstream messages arrive, twice or at once.
+    """
+
+    __tablename__ = "stage_runs"
+
+    task_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
+    )
+    stage_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    item: Mapped[int] = mapped_column(primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    output: Mapped[Any] = mapped_column(JsonType, nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())

@@ -182,3 +182,67 @@ def test_result_is_kept_in_redis_with_a_ttl(
     assert {"stage:validate", "stage:generate", "stage:visualize", "stage:store"} <= stages
     # The audio handed from generate to store is gone once stored.
     assert not r.keys(f"aimarket:blob:{task_id}:*")
+
+
+def test_soundtrack_mixes_parallel_music_and_effects(
+    stack_client: httpx.Client, receiver: Receiver, stack: Stack
+) -> None:
+    task_id = submit(
+        stack_client,
+        "soundtrack",
+        "u-soundtrack",
+        receiver,
+        music_prompt="slow strings",
+        sfx_prompt="thunder",
+        duration=1.5,
+        sfx_level=0.3,
+    )
+    called = receiver.wait_for(task_id)
+    assert called["status"] == "succeeded", stack.output()
+    task = stack_client.get(f"/v1/tasks/{task_id}").json()
+    stages = task["stages"]
+    for stage in ("music", "sfx", "mix", "visualize", "store", "aggregate"):
+        assert stages[stage]["status"] == "succeeded", stage
+    [mixed] = stages["mix"]["output"]["media"]
+    assert mixed["sample_rate"] == 32000  # AudioGen's 16 kHz effects were resampled
+    outputs = {o["name"]: o for o in task["outputs"]}
+    assert set(outputs) == {"audio", "waveform", "spectrogram"}
+    info = sf.info(io.BytesIO(httpx.get(outputs["audio"]["url"], timeout=30).content))
+    assert info.samplerate == 32000
+    assert info.duration == pytest.approx(1.5, abs=0.05)
+
+
+def test_variations_fan_out_with_reproducible_seeds(
+    stack_client: httpx.Client, receiver: Receiver, stack: Stack
+) -> None:
+    def takes(seed: int) -> list[bytes]:
+        task_id = submit(
+            stack_client,
+            "variations",
+            "u-var",
+            receiver,
+            prompt="jazz",
+            duration=0.5,
+            takes=3,
+            seed=seed,
+        )
+        assert receiver.wait_for(task_id)["status"] == "succeeded", stack.output()
+        task = stack_client.get(f"/v1/tasks/{task_id}").json()
+        assert task["stages"]["takes"]["items"] == 3
+        audio = [o for o in task["outputs"] if o["name"] == "audio"]
+        assert [o["duration_s"] for o in audio] == [0.5, 0.5, 0.5]
+        assert len([o for o in task["outputs"] if o["name"] == "spectrogram"]) == 3
+        return [httpx.get(o["url"], timeout=30).content for o in audio]
+
+    first = takes(seed=7)
+    assert len(set(first)) == 3  # three different takes
+    assert takes(seed=7) == first  # the same seeds give the same audio
+
+
+def test_variations_limits_takes(stack_client: httpx.Client, stack: Stack) -> None:
+    response = stack_client.post(
+        "/v1/tasks",
+        json={"workflow": "variations", "user_id": "u", "input": {"prompt": "x", "takes": 9}},
+    )
+    assert response.status_code == 422
+    assert response.json()["field"] == "input.takes"

@@ -1,14 +1,30 @@
-"""Compiles a loaded workflow into a Dramatiq execution plan, once per process."""
+"""Compiles a loaded workflow into an execution plan, once per process.
+
+Two shapes, both on Dramatiq:
+
+* a **pipeline** when the stages form a straight line with nothing to decide at run time
+  (no ``needs``, ``when``, ``foreach`` or ``input`` expressions): Dramatiq's own ``pipeline``
+  carries each stage's result to the next, with no bookkeeping of ours;
+* a **DAG** otherwise: ``task.start`` queues the roots, and each finished stage queues
+  whatever it unblocked (``actors/dag.py``), with joins made exactly-once by the database.
+
+``finally`` handlers run after the last stage either way; ``on_failure`` then ``finally``
+handlers run when the task fails.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import dramatiq
 
 from workflows.spec import Stage, Workflow
+
+#: The actor that starts a DAG run on a worker (the API only publishes this one message).
+START_ACTOR = "task.start"
+RESUME_ACTOR = "task.resume"
 
 
 @dataclass(frozen=True)
@@ -17,53 +33,136 @@ class Step:
     queue: str
     options: dict[str, Any]
 
+    def message(
+        self, workflow: str, task_id: str, arg: Any = None, **extra: Any
+    ) -> dramatiq.Message[Any]:
+        """This step's message: ids only, plus the DAG marker or nothing."""
+        args: tuple[Any, ...] = (task_id, workflow, self.stage.id)
+        if arg is not None:
+            args += (arg,)
+        return dramatiq.Message(
+            queue_name=self.queue,
+            actor_name=self.stage.actor,
+            args=args,
+            kwargs={},
+            options={**self.options, **extra},
+        )
+
 
 @dataclass(frozen=True)
 class Plan:
     workflow: Workflow
+    mode: Literal["pipeline", "dag"]
     steps: tuple[Step, ...]
+    on_failure: tuple[Step, ...] = ()
+    finally_: tuple[Step, ...] = ()
+    _index: dict[str, Step] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for step in (*self.steps, *self.on_failure, *self.finally_):
+            self._index[step.stage.id] = step
+
+    def step(self, stage_id: str) -> Step:
+        return self._index[stage_id]
+
+    @property
+    def has_handlers(self) -> bool:
+        return bool(self.on_failure or self.finally_)
+
+    def start(self, broker: dramatiq.Broker, task_id: str) -> None:
+        """Publish the first message of a run (blocking: call it from a thread)."""
+        if self.mode == "pipeline":
+            self.pipeline(broker, task_id).run()  # type: ignore[no-untyped-call]
+        else:
+            broker.enqueue(
+                dramatiq.Message(
+                    queue_name="default",
+                    actor_name=START_ACTOR,
+                    args=(task_id, self.workflow.name),
+                    kwargs={},
+                    options={"max_retries": 10, "min_backoff": 500},
+                )
+            )
+
+    def resume(self, broker: dramatiq.Broker, task_id: str) -> None:
+        """Start again a run whose messages were lost (the in-process queue of a process that
+        stopped): a pipeline from its first stage, a DAG from the runs it had not finished."""
+        if self.mode == "pipeline":
+            self.start(broker, task_id)
+            return
+        broker.enqueue(
+            dramatiq.Message(
+                queue_name="default",
+                actor_name=RESUME_ACTOR,
+                args=(task_id, self.workflow.name),
+                kwargs={},
+                options={"max_retries": 10, "min_backoff": 500},
+            )
+        )
 
     def pipeline(self, broker: dramatiq.Broker, task_id: str) -> dramatiq.pipeline:
-        """The messages of one run; each carries only the task id and the stage's place."""
-        messages: list[dramatiq.Message[Any]] = [
-            dramatiq.Message(
-                queue_name=step.queue,
-                actor_name=step.stage.actor,
-                args=(task_id, self.workflow.name, step.stage.id),
-                kwargs={},
-                options=dict(step.options),
-            )
-            for step in self.steps
-        ]
-        return dramatiq.pipeline(messages, broker=broker)
+        """The straight run: every stage, then the ``finally`` handlers."""
+        steps = (*self.steps, *self.finally_)
+        return dramatiq.pipeline(
+            [s.message(self.workflow.name, task_id) for s in steps], broker=broker
+        )
+
+    def handlers(self, broker: dramatiq.Broker, task_id: str, failed: bool) -> dramatiq.pipeline:
+        """What runs once the task has ended: on_failure (when it failed), then finally."""
+        steps = (*(self.on_failure if failed else ()), *self.finally_)
+        return dramatiq.pipeline(
+            [s.message(self.workflow.name, task_id) for s in steps], broker=broker
+        )
 
 
 def message_options(stage: Stage) -> dict[str, Any]:
-    """Dramatiq message options for a stage's retry policy and time limit."""
+    """Dramatiq message options for a stage's retry policy (read by StageRetries) and its
+    time limit (Dramatiq's TimeLimit)."""
+    retry = stage.retry
     options: dict[str, Any] = {
-        "max_retries": stage.retry.max_attempts - 1,
-        "min_backoff": int(stage.retry.backoff_initial_s * 1000),
-        "max_backoff": int(stage.retry.backoff_max_s * 1000),
+        "max_retries": retry.max_attempts - 1,
+        "retry_policy": {
+            "max_attempts": retry.max_attempts,
+            "backoff_initial_s": retry.backoff_initial_s,
+            "backoff_factor": retry.backoff_factor,
+            "backoff_max_s": retry.backoff_max_s,
+            "jitter": retry.jitter,
+            "retry_on": list(retry.retry_on),
+        },
     }
     if stage.timeout_s is not None:
         options["time_limit"] = int(stage.timeout_s * 1000)
     return options
 
 
+def is_straight(workflow: Workflow) -> bool:
+    """True when a Dramatiq pipeline can run it: one line, nothing decided at run time."""
+    previous: str | None = None
+    for stage in workflow.stages:
+        expected = () if previous is None else (previous,)
+        if stage.needs != expected or stage.when or stage.foreach or stage.input:
+            return False
+        previous = stage.id
+    return True
+
+
 def compile_workflow(workflow: Workflow, actor_queues: Mapping[str, str]) -> Plan:
-    steps = tuple(
-        Step(
-            stage=stage,
-            queue=stage.queue or actor_queues[stage.actor],
-            options=message_options(stage),
-        )
-        for stage in workflow.stages
+    def step(stage: Stage) -> Step:
+        queue = stage.queue or actor_queues[stage.actor]
+        return Step(stage=stage, queue=queue, options=message_options(stage))
+
+    return Plan(
+        workflow=workflow,
+        mode="pipeline" if is_straight(workflow) else "dag",
+        steps=tuple(step(s) for s in workflow.stages),
+        on_failure=tuple(step(s) for s in workflow.on_failure),
+        finally_=tuple(step(s) for s in workflow.finally_),
     )
-    return Plan(workflow, steps)
 
 
 def declare_queues(broker: dramatiq.Broker, plans: Mapping[str, Plan]) -> None:
     """Declare every queue a plan routes to (a stage may override its actor's queue)."""
+    broker.declare_queue("default")
     for plan in plans.values():
-        for step in plan.steps:
+        for step in (*plan.steps, *plan.on_failure, *plan.finally_):
             broker.declare_queue(step.queue)

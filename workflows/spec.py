@@ -5,16 +5,31 @@ them only from a file that passed every check, with ``$SETTING`` references in i
 already replaced by numbers. They are frozen so one loaded workflow can be shared by the API
 and every worker without anyone changing it underneath the others.
 
+How a workflow runs (what the checker guarantees and the runtime implements):
+
+* ``stages`` form a DAG through ``Stage.needs``: a stage starts once every stage it needs has
+  ended (succeeded, or been skipped by its ``when``). ``needs`` is always filled in: a stage
+  written without ``needs`` depends on the stage before it in the list, the first one on
+  nothing, so files written before ``needs`` existed keep their straight-line meaning. The
+  graph has no cycle, and ``needs`` only names main stages.
+* ``when`` (an expression, see ``workflows.expressions``) is evaluated once the needs have
+  ended; when it is not truthy the stage is skipped, its output is null, and the stages that
+  need it still run.
+* ``foreach`` is evaluated once (after ``when``) and must give a list; the actor runs once
+  per item, at most ``max_concurrency`` at a time (all at once when None), and the stage's
+  output is the list of the items' outputs, in item order. Only ``input`` expressions see
+  ``item`` and ``index``.
+* ``input`` expressions build the value handed to the actor; they may read ``input``, the
+  outputs of the stage's upstream stages (ancestors through ``needs``), and ``item`` and
+  ``index`` in a ``foreach`` stage.
+* ``on_failure`` handlers run, in order, when the task fails; ``finally`` handlers run, in
+  order, after the task has ended either way (after the ``on_failure`` ones). A handler has no
+  ``needs``, ``when`` or ``foreach``; its expressions may read ``input`` and any main stage's
+  output (null when that stage did not finish). Stage ids are unique across main stages and
+  handlers.
+
 Growing the language: every field past the first few is keyword-only with a default, so later
-keys slot in as new defaulted fields without touching files written today. The planned ones:
-
-* ``Stage.needs`` (DAG edges), ``Stage.foreach`` + ``Stage.max_concurrency`` (fan-out),
-  ``Stage.when`` (condition) and ``Stage.input`` (expression mapping). Today stages run one
-  after another in list order; when ``needs`` arrives, a stage without it will depend on the
-  stage before it, so today's files keep their meaning.
-* ``Workflow.on_failure`` and ``Workflow.finally_`` (``finally:`` in YAML): extra stage lists.
-
-Until then the loader rejects those keys as unknown (with a hint that they are reserved).
+keys slot in as new defaulted fields without touching files written today.
 """
 
 from __future__ import annotations
@@ -70,12 +85,24 @@ class OutputSpec(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
-    """How a failed stage is retried: exponential backoff from ``backoff_initial_s``, capped
-    at ``backoff_max_s``. ``max_attempts`` counts the first try (1 means no retry)."""
+    """How a failed stage is retried.
+
+    ``max_attempts`` counts the first try (1 means no retry). The wait before retry ``n``
+    (1-based) is ``backoff_initial_s * backoff_factor ** (n - 1)``, capped at
+    ``backoff_max_s``; with ``jitter`` a random part of it is taken off (so retries of many
+    tasks spread out). ``retry_on`` lists what is retried: exception class names
+    (``TimeoutError``) or error codes (``model_unavailable``); ``("*",)`` means any error
+    except the errors a stage declares permanent. The loader guarantees
+    ``1 < backoff_factor <= 10``, ``backoff_initial_s <= backoff_max_s`` and a non-empty
+    ``retry_on`` of unique names in which ``"*"`` stands alone.
+    """
 
     max_attempts: int = 3
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 60.0
+    backoff_factor: float = 2.0
+    jitter: bool = True
+    retry_on: tuple[str, ...] = ("*",)
 
 
 class Stage(msgspec.Struct, frozen=True, kw_only=True):
@@ -83,6 +110,15 @@ class Stage(msgspec.Struct, frozen=True, kw_only=True):
 
     ``queue`` is None when the stage uses the actor's own queue. ``params`` is a static JSON
     mapping handed to the actor as is. ``timeout_s`` None means the actor's own time limit.
+
+    ``needs`` holds the ids of the stages this one waits for, resolved (see the module
+    docstring): ``()`` for a root, ``(previous_id,)`` for a stage written without ``needs``;
+    ``needs_explicit`` tells whether the file wrote ``needs``. ``when`` and ``foreach`` are
+    expression sources (None when absent), ``input`` maps each value handed to the actor to
+    its expression source; compile them with ``workflows.expressions.compile_expression``
+    (cached). ``max_concurrency`` (1..100) is set only on ``foreach`` stages. Handler stages
+    (``Workflow.on_failure``, ``Workflow.finally_``) have no needs, when, foreach or
+    max_concurrency.
     """
 
     id: str
@@ -91,13 +127,21 @@ class Stage(msgspec.Struct, frozen=True, kw_only=True):
     params: dict[str, Any] = msgspec.field(default_factory=dict)
     retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
     timeout_s: float | None = None
+    needs: tuple[str, ...] = ()
+    needs_explicit: bool = False
+    when: str | None = None
+    foreach: str | None = None
+    max_concurrency: int | None = None
+    input: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class Workflow(msgspec.Struct, frozen=True, kw_only=True):
-    """A checked workflow, ready to compile into an actor pipeline.
+    """A checked workflow, ready to compile into an execution plan.
 
-    ``input`` and ``outputs`` keep the order of the YAML file; ``stages`` run in list order.
-    ``source`` is the path of the file it was loaded from (for messages and debugging).
+    ``input`` and ``outputs`` keep the order of the YAML file; ``stages`` keep the file's
+    order, which is also a valid run order only for stages without explicit ``needs`` (use
+    ``Stage.needs``). ``on_failure`` and ``finally_`` (``finally:`` in YAML) are the handler
+    stages. ``source`` is the path of the file it was loaded from.
     """
 
     name: str
@@ -106,11 +150,22 @@ class Workflow(msgspec.Struct, frozen=True, kw_only=True):
     input: dict[str, InputField] = msgspec.field(default_factory=dict)
     outputs: dict[str, OutputSpec] = msgspec.field(default_factory=dict)
     stages: tuple[Stage, ...] = ()
+    on_failure: tuple[Stage, ...] = ()
+    finally_: tuple[Stage, ...] = msgspec.field(default=(), name="finally")
     source: str = ""
 
+    @property
+    def all_stages(self) -> tuple[Stage, ...]:
+        """Main stages, then ``on_failure`` and ``finally`` handlers (ids are unique)."""
+        return (*self.stages, *self.on_failure, *self.finally_)
+
     def stage(self, stage_id: str) -> Stage:
-        """The stage with this id; KeyError when there is none."""
-        for stage in self.stages:
+        """The stage (main or handler) with this id; KeyError when there is none."""
+        for stage in self.all_stages:
             if stage.id == stage_id:
                 return stage
         raise KeyError(stage_id)
+
+    def dependents(self, stage_id: str) -> tuple[Stage, ...]:
+        """The main stages that need ``stage_id`` directly, in file order."""
+        return tuple(stage for stage in self.stages if stage_id in stage.needs)

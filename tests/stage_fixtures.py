@@ -1,0 +1,52 @@
+"""Stage actors for the DAG tests, loaded by workers through ACTOR_MODULES (the way an
+operator adds local stages). Each counts its runs in Redis so a test can prove a stage ran
+exactly as often as it should."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from dramatiq.middleware import CurrentMessage
+
+from actors.registry import stage
+from actors.resources import resources
+
+
+async def count(task_id: str, stage_id: str) -> int:
+    """Increment and return how many times this stage started for this task."""
+    state = resources().state
+    redis = getattr(state, "redis", None)
+    if redis is None:
+        return 0
+    return int(await redis.incr(f"aimarket:test:runs:{task_id}:{stage_id}"))
+
+
+@stage("test.echo", outputs=("value", "runs"))
+async def echo(task_id: str, workflow: str, stage_id: str, given: Any = None) -> dict[str, Any]:
+    """Returns its input as ``value``."""
+    return {"value": given, "runs": await count(task_id, stage_id)}
+
+
+@stage("test.flaky", outputs=("attempt",))
+async def flaky(task_id: str, workflow: str, stage_id: str, given: Any = None) -> dict[str, Any]:
+    """Fails its first attempt with a connection error, then succeeds."""
+    await count(task_id, stage_id)
+    message = CurrentMessage.get_current_message()
+    attempt = (message.options.get("retries", 0) if message else 0) + 1
+    if attempt == 1:
+        raise ConnectionError("the first attempt always fails")
+    return {"attempt": attempt}
+
+
+@stage("test.boom")
+async def boom(task_id: str, workflow: str, stage_id: str, given: Any = None) -> dict[str, Any]:
+    await count(task_id, stage_id)
+    raise RuntimeError("boom")
+
+
+@stage("test.sleep")
+async def sleep(task_id: str, workflow: str, stage_id: str, given: Any = None) -> dict[str, Any]:
+    await count(task_id, stage_id)
+    await asyncio.sleep(float((given or {}).get("seconds", 5)))
+    return {}
