@@ -23,6 +23,7 @@ from api.embedded import resume_unfinished, start_worker, stop_worker
 from api.errors import HANDLERS
 from api.health import live, ready
 from api.media import media
+from api.openapi import add_workflow_inputs
 from api.playground import playground
 from api.services import Services
 from api.stats import stats
@@ -100,4 +101,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ),
     )
     app.state.services = services
+    add_workflow_inputs(app, services.workflows)
     return app

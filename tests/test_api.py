@@ -174,3 +174,15 @@ def test_stats_needs_user_id_and_a_sane_range(client: httpx.Client) -> None:
     )
     assert response.status_code == 400
     assert response.json()["code"] == "invalid_range"
+
+
+def test_openapi_publishes_each_workflow_input_schema(api_url: str) -> None:
+    schema = httpx.get(api_url + "/schema/openapi.json").json()
+    components = schema["components"]["schemas"]
+    music = components["Text2musicInput"]
+    assert music["properties"]["duration"]["maximum"] == 30
+    assert music["additionalProperties"] is False
+    assert "Variations" + "Input" in components
+    body = components["CreateTask"]["properties"]["input"]
+    assert {"$ref": "#/components/schemas/SoundtrackInput"} in body["anyOf"]
+    assert body["x-workflow-inputs"]["text2sound"] == "#/components/schemas/Text2soundInput"
