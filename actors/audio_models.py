@@ -24,7 +24,7 @@ import os
 import pickle
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -125,6 +125,15 @@ def clear_model_cache() -> None:
         _MODELS.clear()
 
 
+#: audiocraft's own defaults for the sampling settings a request may change.
+SAMPLING_DEFAULTS: dict[str, Any] = {
+    "top_k": 250,
+    "top_p": 0.0,
+    "temperature": 1.0,
+    "cfg_coef": 3.0,
+}
+
+
 def generate(
     kind: ModelKind,
     name_or_dir: str,
@@ -133,13 +142,15 @@ def generate(
     device: str = "auto",
     seed: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    params: Mapping[str, Any] | None = None,
 ) -> GeneratedAudio:
     """Generate ``duration`` seconds of audio for each prompt in one batch.
 
     Loads the model if needed (so it may raise :class:`ModelLoadError`). A given ``seed``
     gives the same audio for the same model, prompts, duration and device. ``progress`` is
     called from this thread as ``progress(steps_done, steps_total)`` at every decoding step
-    (audiocraft's own callback): keep it cheap.
+    (audiocraft's own callback): keep it cheap. ``params`` are sampling settings passed to
+    ``set_generation_params`` (top_k, top_p, temperature, cfg_coef).
     """
     if not prompts:
         raise ValueError("prompts must not be empty")
@@ -150,7 +161,9 @@ def generate(
 
     model = entry.model
     with entry.lock:
-        model.set_generation_params(duration=float(duration))
+        # Every call sets every parameter: the model object is shared by all requests.
+        sampling = {**SAMPLING_DEFAULTS, **(params or {})}
+        model.set_generation_params(duration=float(duration), use_sampling=True, **sampling)
         # Set on every call (None clears it): the model is shared by every task of the process.
         model.set_custom_progress_callback(progress)
         if seed is None:

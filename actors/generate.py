@@ -4,8 +4,14 @@ be dedicated to one model. torch and audiocraft are imported only when a stage r
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Literal
+import threading
+from collections.abc import Mapping
+from typing import Any, Literal, cast
 
+import numpy as np
+import numpy.typing as npt
+
+from actors.batching import Batcher, Clip, Progress, Request
 from actors.dag import current_item
 from actors.errors import StageError
 from actors.lifecycle import active_task
@@ -16,6 +22,62 @@ from aimarket.state import blob_key
 from db.tasks import mark_running
 
 Kind = Literal["musicgen", "audiogen"]
+
+
+#: Sampling settings a workflow input may set (the rest are audiocraft's defaults).
+SAMPLING_KEYS = ("top_k", "top_p", "temperature", "cfg_coef")
+
+_batcher_lock = threading.Lock()
+_batcher: Batcher | None = None
+
+
+def batcher() -> Batcher:
+    """This process's batcher (one generation thread per worker process)."""
+    global _batcher
+    with _batcher_lock:
+        if _batcher is None:
+            settings = resources().settings
+            _batcher = Batcher(
+                _generate_batch,
+                max_batch=settings.batch_max_size,
+                max_wait_s=settings.batch_max_wait_ms / 1000,
+                bucket_s=settings.batch_bucket_s,
+                seeded=_generate_seeded,
+            )
+        return _batcher
+
+
+def _generate_batch(
+    kind: str,
+    model: str,
+    prompts: list[str],
+    duration: float,
+    device: str,
+    params: Mapping[str, Any],
+    progress: Progress | None,
+) -> tuple[npt.NDArray[np.float32], int]:
+    from actors import audio_models
+
+    audio = audio_models.generate(
+        cast(audio_models.ModelKind, kind), model, prompts, duration, device, None, progress, params
+    )
+    return audio.samples, audio.sample_rate
+
+
+def _generate_seeded(request: Request) -> Clip:
+    from actors import audio_models
+
+    audio = audio_models.generate(
+        cast(audio_models.ModelKind, request.kind),
+        request.model,
+        [request.prompt],
+        request.duration,
+        request.device,
+        request.seed,
+        request.progress,
+        request.params,
+    )
+    return Clip(audio.samples[0], audio.sample_rate, 1)
 
 
 def model_setting(kind: Kind) -> str:
@@ -39,35 +101,32 @@ async def run_generation(
     prompt, duration = str(inputs["prompt"]), float(inputs["duration"])
     seed = inputs.get("seed")
     progress = ProgressReporter(res.state, task_id, stage_id, asyncio.get_running_loop())
+    request = Request(
+        kind=kind,
+        model=model_ref,
+        prompt=prompt,
+        duration=duration,
+        device=res.settings.device,
+        seed=None if seed is None else int(seed),
+        params={k: inputs[k] for k in SAMPLING_KEYS if inputs.get(k) is not None},
+        progress=progress,
+    )
     try:
-        # The model call blocks for seconds: run it off the event loop shared by the actors.
-        audio = await asyncio.to_thread(
-            audio_models.generate,
-            kind,
-            model_ref,
-            [prompt],
-            duration,
-            res.settings.device,
-            seed,
-            progress,
-        )
+        clip = await asyncio.wrap_future(batcher().submit(request))
     except audio_models.ModelLoadError as exc:
         raise StageError("model_unavailable", str(exc)) from None
-    media = []
-    for index, samples in enumerate(audio.samples):
-        wav = audio_models.encode_wav(samples, audio.sample_rate)
-        item = current_item()
-        key = blob_key(task_id, stage_id if item < 0 else f"{stage_id}.{item}", index)
-        await res.state.put_blob(key, wav)
-        media.append(
-            {
-                "blob": key,
-                "content_type": "audio/wav",
-                "sample_rate": audio.sample_rate,
-                "duration_s": samples.shape[-1] / audio.sample_rate,
-            }
-        )
-    return {"media": media}
+    item = current_item()
+    key = blob_key(task_id, stage_id if item < 0 else f"{stage_id}.{item}", 0)
+    await res.state.put_blob(key, audio_models.encode_wav(clip.samples, clip.sample_rate))
+    media = {
+        "blob": key,
+        "content_type": "audio/wav",
+        "sample_rate": clip.sample_rate,
+        "duration_s": clip.samples.shape[-1] / clip.sample_rate,
+        # How many requests shared the decoding (1: it ran alone).
+        "batch_size": clip.batch_size,
+    }
+    return {"media": [media]}
 
 
 @stage("audio.musicgen", queue="musicgen", outputs=("media",))

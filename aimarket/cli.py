@@ -77,11 +77,6 @@ def worker(queues: str, processes: int, threads: int | None) -> None:
     from dramatiq.cli import make_argument_parser
 
     names = [q.strip() for q in queues.split(",") if q.strip()]
-    gpu_only = bool(names) and set(names) <= GPU_QUEUES
-    if threads is None:
-        threads = 1 if gpu_only else 8
-    if gpu_only:
-        os.environ.setdefault("dramatiq_queue_prefetch", "1")
     try:
         settings = get_settings()
     except SettingsError as exc:
@@ -91,6 +86,15 @@ def worker(queues: str, processes: int, threads: int | None) -> None:
             "RABBITMQ_HOST is not set: without RabbitMQ, `aimarket serve` runs the workers "
             "in its own process (embedded mode); a separate worker needs the broker"
         )
+    gpu_only = bool(names) and set(names) <= GPU_QUEUES
+    if threads is None:
+        # A GPU worker runs one generation thread; its message threads only wait for it, and
+        # as many as a batch holds can wait together (BATCH_MAX_SIZE).
+        threads = settings.batch_max_size if gpu_only else 8
+    if gpu_only:
+        # Prefetch no more than can be batched now, so a busy worker does not hold messages
+        # another worker could start.
+        os.environ.setdefault("dramatiq_queue_prefetch", str(threads))
     argv = ["aimarket.worker_boot", "-p", str(processes), "-t", str(threads), "-Q", *names]
     args = make_argument_parser().parse_args(argv)  # type: ignore[no-untyped-call]
     sys.exit(dramatiq_main(args))  # type: ignore[no-untyped-call]

@@ -95,6 +95,15 @@ class Settings(msgspec.Struct, kw_only=True, rename="upper", forbid_unknown_fiel
     #: Lifetime of the presigned media URLs handed to clients, in seconds.
     presigned_url_ttl: PositiveInt = 3600
 
+    # --- Generation workers ----------------------------------------------------------------
+    #: Most requests decoded together in one generate call (1 turns batching off). A GPU
+    #: worker runs this many threads, so this many messages can wait to be batched.
+    batch_max_size: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4
+    #: How long the first request of a batch waits for company, in milliseconds.
+    batch_max_wait_ms: Annotated[int, msgspec.Meta(ge=0, le=5000)] = 30
+    #: Durations are padded within buckets of this many seconds (bounds wasted decoding).
+    batch_bucket_s: PositiveFloat = 5.0
+
     # --- Embedded mode (what runs in-process when a backend above is not configured) --------
     #: Folder of the embedded SQLite database, media files and generated secrets.
     data_dir: str = "data"

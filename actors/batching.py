@@ -1,0 +1,183 @@
+"""Batches concurrent generation requests into one ``generate`` call per model.
+
+Autoregressive decoding at batch 1 leaves a GPU mostly idle: every step costs about the same
+whether it decodes one clip or eight. A worker process therefore runs one generation thread
+that takes requests from its worker threads (each handling one message), groups the
+compatible ones that arrive within ``max_wait_s``, up to ``max_batch``, decodes them together
+and hands each its own clip back.
+
+Compatible means: same model, device and sampling parameters, no seed, and the same duration
+*bucket* (durations rounded up to ``bucket_s``). Durations in a batch are **padded**: the batch
+decodes the longest one and each clip is trimmed to what its request asked, so a bucket bounds
+the wasted decoding steps. A request with a seed runs alone: one batch shares one random
+stream, and the same seed must give the same audio whatever else is queued.
+
+Failures stay with their request: when a batch fails, its requests are retried one by one, so
+one bad request cannot fail its batch-mates. Out of memory halves the batch size (it grows
+back by one after each batch that fits) and the failed batch is retried in halves.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+#: (kind, model, prompts, duration, device, params, progress) -> (samples[batch, ch, n], rate)
+GenerateFn = Callable[
+    [str, str, list[str], float, str, Mapping[str, Any], Progress | None],
+    tuple[npt.NDArray[np.float32], int],
+]
+
+
+@dataclass
+class Clip:
+    samples: npt.NDArray[np.float32]  # (channels, n)
+    sample_rate: int
+    batch_size: int  # how many requests shared the generate call
+
+
+@dataclass
+class Request:
+    kind: str
+    model: str
+    prompt: str
+    duration: float
+    device: str = "auto"
+    seed: int | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    progress: Progress | None = None
+    future: Future[Clip] = field(default_factory=Future)
+
+    def key(self, bucket_s: float) -> tuple[Any, ...]:
+        """Requests with the same key may share a batch."""
+        if self.seed is not None:
+            return ("seeded", id(self))
+        bucket = math.ceil(self.duration / bucket_s)
+        return (self.kind, self.model, self.device, tuple(sorted(self.params.items())), bucket)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+class Batcher:
+    """One per process; :meth:`submit` is called from any thread."""
+
+    def __init__(
+        self,
+        generate: GenerateFn,
+        *,
+        max_batch: int = 4,
+        max_wait_s: float = 0.03,
+        bucket_s: float = 5.0,
+        seeded: Callable[[Request], Clip] | None = None,
+    ) -> None:
+        self._generate = generate
+        self.max_batch = max(1, max_batch)
+        #: The batch size in force: lowered on out-of-memory, raised again after successes.
+        self.limit = self.max_batch
+        self.max_wait_s = max_wait_s
+        self.bucket_s = bucket_s
+        self._seeded = seeded
+        self._queue: queue.Queue[Request] = queue.Queue()
+        self._backlog: deque[Request] = deque()
+        self._thread = threading.Thread(target=self._loop, name="generate-batcher", daemon=True)
+        self._thread.start()
+        #: Sizes of the batches run so far (for tests, logs and the benchmark).
+        self.batches: list[int] = []
+
+    def submit(self, request: Request) -> Future[Clip]:
+        self._queue.put(request)
+        return request.future
+
+    # --- the generation thread ---------------------------------------------------------
+
+    def _next(self, timeout: float | None) -> Request | None:
+        if self._backlog:
+            return self._backlog.popleft()
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def _loop(self) -> None:
+        while True:
+            first = self._next(None)
+            if first is None:
+                continue
+            batch = [first]
+            key = first.key(self.bucket_s)
+            held: list[Request] = []
+            deadline = time.monotonic() + self.max_wait_s
+            while len(batch) < self.limit and first.seed is None:
+                left = deadline - time.monotonic()
+                if left <= 0 and self._queue.empty():
+                    break
+                item = self._next(max(0.0, left))
+                if item is None:
+                    break
+                (batch if item.key(self.bucket_s) == key else held).append(item)
+            self._backlog.extend(held)
+            self._run(batch)
+
+    def _run(self, batch: list[Request]) -> None:
+        try:
+            clips = self._decode(batch)
+        except BaseException as exc:
+            if len(batch) > 1 and is_out_of_memory(exc):
+                self.limit = max(1, len(batch) // 2)
+                log.warning("out of memory at batch %d; batch size now %d", len(batch), self.limit)
+                half = len(batch) // 2
+                self._run(batch[:half])
+                self._run(batch[half:])
+            elif len(batch) > 1:
+                # Isolate the culprit: each request gets its own answer, good or bad.
+                for request in batch:
+                    self._run([request])
+            else:
+                batch[0].future.set_exception(exc)
+            return
+        self.batches.append(len(batch))
+        if self.limit < self.max_batch and len(batch) == self.limit:
+            self.limit += 1
+        for request, clip in zip(batch, clips, strict=True):
+            request.future.set_result(clip)
+
+    def _decode(self, batch: list[Request]) -> list[Clip]:
+        first = batch[0]
+        if first.seed is not None and self._seeded is not None:
+            return [self._seeded(first)]
+        longest = max(r.duration for r in batch)
+
+        def progress(done: int, total: int) -> None:
+            for request in batch:
+                if request.progress is not None:
+                    request.progress(done, total)
+
+        samples, rate = self._generate(
+            first.kind,
+            first.model,
+            [r.prompt for r in batch],
+            longest,
+            first.device,
+            first.params,
+            progress,
+        )
+        return [
+            Clip(samples[i, :, : round(r.duration * rate)], rate, len(batch))
+            for i, r in enumerate(batch)
+        ]
