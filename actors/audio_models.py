@@ -24,6 +24,7 @@ import os
 import pickle
 import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +68,10 @@ class _Entry:
     lock: threading.Lock
 
 
-_MODELS: dict[tuple[str, str, str], _Entry] = {}
+#: Loaded models, least recently used first. Bounded: a pool serving several variants
+#: (small, medium, melody...) keeps the most used in memory instead of all of them.
+_MODELS: OrderedDict[tuple[str, str, str], _Entry] = OrderedDict()
+_max_models = 2
 # One lock for all loads: loads are rare and heavy, and the weights_only fallback swaps a
 # function of audiocraft's loader module, which must not happen under a concurrent load.
 _LOAD_LOCK = threading.Lock()
@@ -123,6 +127,32 @@ def clear_model_cache() -> None:
     """Forget every cached model (tests; freeing GPU memory)."""
     with _LOAD_LOCK:
         _MODELS.clear()
+
+
+def set_cache_size(size: int) -> None:
+    """How many models a process keeps loaded (MODEL_CACHE_SIZE); extra ones are evicted,
+    least recently used first, when the next one loads."""
+    global _max_models
+    _max_models = max(1, size)
+
+
+def cached_models() -> list[tuple[str, str, str]]:
+    """(kind, name, device) of the loaded models, least recently used first."""
+    return list(_MODELS)
+
+
+def _evict_over(limit: int) -> None:
+    # Called with _LOAD_LOCK held. Waits for a model's running generation (its lock) so a
+    # model is never dropped under a request; then frees what it held on the GPU.
+    while len(_MODELS) > limit:
+        key, entry = next(iter(_MODELS.items()))
+        with entry.lock:
+            del _MODELS[key]
+        log.info("evicted %s model %r from %s (cache holds %d)", *key, limit)
+        if key[2].startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
 
 
 #: audiocraft's own defaults for the sampling settings a request may change.
@@ -218,14 +248,15 @@ def _entry(kind: ModelKind, name_or_dir: str, device: str) -> _Entry:
     if kind not in get_args(ModelKind):
         raise ValueError(f"unknown model kind {kind!r}")
     key = (kind, name_or_dir, resolve_device(device))
-    entry = _MODELS.get(key)  # fast path: no lock once loaded
-    if entry is not None:
-        return entry
     with _LOAD_LOCK:
         entry = _MODELS.get(key)
-        if entry is None:
-            entry = _Entry(model=_load(kind, name_or_dir, key[2]), lock=threading.Lock())
-            _MODELS[key] = entry
+        if entry is not None:
+            _MODELS.move_to_end(key)  # most recently used
+            return entry
+        # Make room first, so two large models are never in memory together by accident.
+        _evict_over(_max_models - 1)
+        entry = _Entry(model=_load(kind, name_or_dir, key[2]), lock=threading.Lock())
+        _MODELS[key] = entry
         return entry
 
 

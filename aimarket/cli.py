@@ -71,7 +71,16 @@ def serve(host: str | None, port: int | None) -> None:
 @click.option(
     "--threads", "-t", type=int, default=None, help="Per process; default 1 on a GPU queue, else 8."
 )
-def worker(queues: str, processes: int, threads: int | None) -> None:
+@click.option("--warmup", is_flag=True, help="Load and try the models of the GPU queues at start.")
+@click.option(
+    "--ready-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Written once the worker is ready (after the warm-up, with --warmup).",
+)
+def worker(
+    queues: str, processes: int, threads: int | None, warmup: bool, ready_file: Path | None
+) -> None:
     """Run a Dramatiq worker for the given queues."""
     from dramatiq.cli import main as dramatiq_main
     from dramatiq.cli import make_argument_parser
@@ -95,6 +104,13 @@ def worker(queues: str, processes: int, threads: int | None) -> None:
         # Prefetch no more than can be batched now, so a busy worker does not hold messages
         # another worker could start.
         os.environ.setdefault("dramatiq_queue_prefetch", str(threads))
+    from actors.warmup import READY_FILE_ENV, WARMUP_ENV
+
+    if warmup:
+        os.environ[WARMUP_ENV] = ",".join(q for q in names if q in GPU_QUEUES)
+    if ready_file is not None:
+        ready_file.unlink(missing_ok=True)
+        os.environ[READY_FILE_ENV] = str(ready_file.resolve())
     argv = ["aimarket.worker_boot", "-p", str(processes), "-t", str(threads), "-Q", *names]
     args = make_argument_parser().parse_args(argv)  # type: ignore[no-untyped-call]
     sys.exit(dramatiq_main(args))  # type: ignore[no-untyped-call]

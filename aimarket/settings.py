@@ -103,6 +103,8 @@ class Settings(msgspec.Struct, kw_only=True, rename="upper", forbid_unknown_fiel
     batch_max_wait_ms: Annotated[int, msgspec.Meta(ge=0, le=5000)] = 30
     #: Durations are padded within buckets of this many seconds (bounds wasted decoding).
     batch_bucket_s: PositiveFloat = 5.0
+    #: Models one worker process keeps loaded; the least recently used is evicted beyond it.
+    model_cache_size: Annotated[int, msgspec.Meta(ge=1, le=16)] = 2
 
     # --- Embedded mode (what runs in-process when a backend above is not configured) --------
     #: Folder of the embedded SQLite database, media files and generated secrets.

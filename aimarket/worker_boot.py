@@ -13,9 +13,12 @@ settings = get_settings()
 logging.getLogger().setLevel(settings.log_level.upper())
 broker = setup_broker(settings)
 
-from actors.audio_models import configure_cache  # noqa: E402  (light: torch loads on first use)
+from actors.audio_models import configure_cache, set_cache_size  # noqa: E402  (no torch yet)
+from actors.warmup import start_warmup  # noqa: E402
 
 configure_cache(settings.cache_model_dir)
+set_cache_size(settings.model_cache_size)
+start_warmup(settings)
 
 from actors.registry import STAGE_QUEUES  # noqa: E402  (filled by setup_broker)
 from actors.resources import resources  # noqa: E402
