@@ -120,8 +120,10 @@ async def advance(res: Resources, plan: Plan, task_id: str) -> None:
         task = await get_task(res.db, task_id)
         if task is None:
             return
-        if TaskStatus(task.status).terminal:
-            break  # e.g. task.aggregate ended it: only the finally handlers may be left
+        if task.status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+            return  # task.fail (or the cancel) runs what is left: the handlers
+        # A task that task.aggregate has already marked succeeded still runs the stages after
+        # it (a notification, say); the finally handlers follow when all are done.
         status = {
             r.stage_id: RunStatus(r.status)
             for r in await stage_runs.runs(res.db, task_id)
@@ -201,7 +203,7 @@ async def run_stage(fn: Any, task_id: str, workflow: str, stage_id: str, item: i
     plan = res.plans[workflow]
     step = plan.step(stage_id)
     task = await get_task(res.db, task_id)
-    if task is None or TaskStatus(task.status).terminal:
+    if task is None or task.status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
         return  # the task ended (another branch failed, or it was cancelled)
     if not await stage_runs.start(res.db, task_id, stage_id, item):
         # Already ran: a duplicate delivery. Advancing again is harmless and covers a worker

@@ -35,6 +35,7 @@ def retryable(exception: BaseException, retry_on: list[str]) -> bool:
     if "*" in retry_on:
         return True
     names = {cls.__name__ for cls in type(exception).__mro__}
+    names |= {f"{cls.__module__}.{cls.__name__}" for cls in type(exception).__mro__}
     code = getattr(exception, "code", None)
     if type(exception).__name__ == "TimeLimitExceeded":
         names.add("timeout")

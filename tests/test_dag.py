@@ -179,3 +179,13 @@ def test_concurrent_claims_have_one_winner(database_url: str) -> None:
             await db.dispose()
 
     assert sorted(asyncio.run(race())) == [False] * 19 + [True]
+
+
+def test_stages_after_aggregate_still_run_then_finally(
+    client: httpx.Client, receiver: Receiver, service_env: dict[str, str], worker: Proc
+) -> None:
+    task = run(client, receiver, "dag-after-aggregate")
+    assert task["status"] == "succeeded", worker.output()
+    assert runs(service_env, task["task_id"], "notify") == 1
+    assert task["stages"]["notify"]["status"] == "succeeded"
+    assert len(callbacks(receiver, task["task_id"])) == 1
