@@ -107,7 +107,8 @@ async def run_generation(
         prompt=prompt,
         duration=duration,
         device=res.settings.device,
-        seed=None if seed is None else int(seed),
+        # -1 (the schemas' default) means "any seed": the request may then be batched.
+        seed=None if seed is None or int(seed) < 0 else int(seed),
         params={k: inputs[k] for k in SAMPLING_KEYS if inputs.get(k) is not None},
         progress=progress,
     )

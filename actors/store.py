@@ -1,24 +1,43 @@
-"""The store stage: moves generated audio from short-lived state into S3."""
+"""The store stage: encodes generated audio to the format the task asked for and moves it from
+short-lived state into S3."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
+from actors.encode import FORMATS, encode
 from actors.errors import StageError
 from actors.registry import stage
 from actors.resources import resources
 from aimarket.storage import media_key
+from db.tasks import get_task
+
+log = logging.getLogger(__name__)
 
 #: File extension of each content type a stage may produce.
 EXTENSIONS = {
-    "audio/wav": "wav",
-    "audio/flac": "flac",
-    "audio/ogg": "ogg",
-    "audio/mpeg": "mp3",
+    **{spec.content_type: spec.extension for spec in FORMATS.values()},
     "image/png": "png",
     "application/json": "json",
 }
+
+#: What generation stages hand over; these items are encoded, everything else is stored as is.
+GENERATED_AUDIO = "audio/wav"
+
+
+def requested_encoding(inputs: dict[str, Any]) -> tuple[str, float | None]:
+    """The task input's ``format`` (default ``wav``) and ``loudness_lufs`` (None, or 0, means
+    no normalisation). Raises StageError for a format no encoder knows."""
+    fmt = inputs.get("format") or "wav"
+    if not isinstance(fmt, str) or fmt not in FORMATS:
+        known = ", ".join(FORMATS)
+        raise StageError("invalid_input", f"input.format: {fmt!r} is not one of {known}")
+    target = inputs.get("loudness_lufs")
+    if isinstance(target, bool) or not isinstance(target, int | float) or target == 0:
+        return fmt, None
+    return fmt, float(target)
 
 
 @stage("media.store", outputs=("outputs",))
@@ -27,21 +46,45 @@ async def store(
 ) -> dict[str, Any]:
     """Uploads each generated item under a predictable key and returns its description.
 
-    Safe to run twice: a redelivered message finds the blob gone but the object in S3,
-    and describes the same key again instead of failing.
+    Generated audio (WAV) is first encoded to the task's ``format`` and, with
+    ``loudness_lufs``, normalised (``actors.encode``); the description (content type,
+    extension, duration, sample rate) is that of the encoded file. Pictures pass through.
+
+    Safe to run twice: the key depends only on the task, the output and the format, so a
+    rerun overwrites the same object; a redelivered message that finds the blob gone but the
+    object in S3 describes the same key again instead of failing.
     """
     res = resources()
+    task = await get_task(res.db, task_id)
+    fmt, loudness = requested_encoding(task.input if task is not None else {})
+    spec = FORMATS[fmt]
     default_name = next(iter(res.workflows[workflow].outputs), "audio")
     outputs = []
     counts: dict[str, int] = {}
     for item in (previous or {}).get("media", []):
         name = item.get("name") or default_name
         index = counts[name] = counts.get(name, -1) + 1
-        extension = EXTENSIONS.get(item["content_type"], "bin")
+        audio = item["content_type"] == GENERATED_AUDIO
+        content_type = spec.content_type if audio else item["content_type"]
+        extension = EXTENSIONS.get(content_type, "bin")
         key = media_key(task_id, name, index, extension)
+        duration = float(item["duration_s"]) if "duration_s" in item else None
+        rate = int(item["sample_rate"]) if "sample_rate" in item else None
+        extra: dict[str, Any] = {}
         data = await res.state.get_blob(item["blob"])
         if data is not None:
-            await asyncio.to_thread(res.store.put, key, data, item["content_type"])
+            if audio:
+                try:
+                    encoded = await asyncio.to_thread(encode, data, fmt, loudness)
+                except ValueError as exc:
+                    raise StageError("encode_failed", f"{name}-{index}: {exc}") from None
+                data = encoded.data
+                duration, rate = encoded.duration_s, encoded.sample_rate
+                if loudness is not None:
+                    extra["loudness"] = {"target_lufs": loudness, **encoded.describe()}
+                    for note in encoded.notes:
+                        log.info("task %s %s-%d: %s", task_id, name, index, note)
+            await asyncio.to_thread(res.store.put, key, data, content_type)
             size = len(data)
         else:
             found = await asyncio.to_thread(res.store.size, key)
@@ -50,14 +93,17 @@ async def store(
                     "media_lost", f"generated media of {task_id} expired before it was stored"
                 )
             size = found
+            if audio and spec.sample_rate is not None:
+                rate = spec.sample_rate  # what the first run's encoder wrote
         outputs.append(
             {
                 "name": name,
                 "key": key,
-                "content_type": item["content_type"],
-                "duration_s": round(float(item["duration_s"]), 3) if "duration_s" in item else None,
-                "sample_rate": int(item["sample_rate"]) if "sample_rate" in item else None,
+                "content_type": content_type,
+                "duration_s": round(duration, 3) if duration is not None else None,
+                "sample_rate": rate,
                 "size_bytes": size,
+                **extra,
             }
         )
         await res.state.delete_blob(item["blob"])

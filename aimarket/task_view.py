@@ -21,6 +21,8 @@ class OutputItem(msgspec.Struct, kw_only=True):
     size_bytes: int
     #: When ``url`` stops working (it is presigned).
     url_expires_in_s: int
+    #: With ``loudness_lufs``: the target, the loudness before and after, the gain applied.
+    loudness: dict[str, Any] | None = None
 
 
 class TaskError(msgspec.Struct, kw_only=True):
@@ -78,6 +80,7 @@ def task_view(
             sample_rate=o.get("sample_rate"),
             size_bytes=o["size_bytes"],
             url_expires_in_s=store.url_ttl,
+            loudness=o.get("loudness"),
         )
         for o in task.outputs or []
     ]

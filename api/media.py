@@ -16,6 +16,7 @@ CONTENT_TYPES = {
     ".wav": "audio/wav",
     ".flac": "audio/flac",
     ".ogg": "audio/ogg",
+    ".opus": "audio/ogg; codecs=opus",
     ".mp3": "audio/mpeg",
     ".png": "image/png",
     ".json": "application/json",

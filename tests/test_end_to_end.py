@@ -52,7 +52,9 @@ def test_workflow_runs_to_a_downloadable_wav(
     assert task["status"] == "succeeded"
     assert task["workflow"] == workflow
     assert task["user_id"] == user
-    assert task["input"] == {"prompt": "warm lofi piano", "duration": duration}
+    assert task["input"]["prompt"] == "warm lofi piano"
+    assert task["input"]["duration"] == duration
+    assert task["input"]["format"] == "wav"  # the schema's defaults are filled in
     assert task["started_at"]
     assert task["finished_at"]
     assert task["error"] is None
@@ -141,7 +143,7 @@ def test_without_callback_url_the_marketplace_callback_is_used(
     )
     assert response.status_code == 202
     body = response.json()
-    assert body["input"] == {"prompt": "door", "duration": 5.0}  # the schema's default
+    assert body["input"]["duration"] == 5.0  # the schema's default
     called = receiver.wait_for(body["task_id"])
     assert called["status"] == "succeeded", stack.output()
     assert called["_path"] == "/hook?default=1"
@@ -246,3 +248,72 @@ def test_variations_limits_takes(stack_client: httpx.Client, stack: Stack) -> No
     )
     assert response.status_code == 422
     assert response.json()["field"] == "input.takes"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "content_type", "extension", "sf_format"),
+    [("mp3", "audio/mpeg", "mp3", "MP3"), ("flac", "audio/flac", "flac", "FLAC")],
+)
+def test_text2music_in_another_format_and_normalised(
+    stack_client: httpx.Client,
+    receiver: Receiver,
+    stack: Stack,
+    fmt: str,
+    content_type: str,
+    extension: str,
+    sf_format: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    import numpy as np
+    import pyloudnorm
+
+    task_id = submit(
+        stack_client,
+        "text2music",
+        f"user-{uuid.uuid4().hex[:6]}",
+        receiver,
+        prompt="warm lofi piano",
+        duration=1.5,
+        format=fmt,
+        loudness_lufs=-16,
+    )
+    called = receiver.wait_for(task_id)
+    assert called["status"] == "succeeded", (called, stack.output())
+
+    task = stack_client.get(f"/v1/tasks/{task_id}").json()
+    assert task["input"]["format"] == fmt
+    assert task["input"]["loudness_lufs"] == -16
+    outputs = {o["name"]: o for o in task["outputs"]}
+    audio = outputs["audio"]
+    assert audio["content_type"] == content_type
+    assert audio["sample_rate"] == 32000
+    assert audio["duration_s"] == pytest.approx(1.5, abs=0.06)
+    assert outputs["waveform"]["content_type"] == "image/png"  # pictures are untouched
+
+    media = httpx.get(audio["url"], timeout=30)
+    assert media.status_code == 200
+    assert media.headers["content-type"].startswith(content_type)
+    assert len(media.content) == audio["size_bytes"]
+    info = sf.info(io.BytesIO(media.content))
+    assert info.format == sf_format
+    assert info.samplerate == 32000
+    samples, rate = sf.read(io.BytesIO(media.content), dtype="float64", always_2d=True)
+    assert samples.shape[0] / rate == pytest.approx(1.5, abs=0.06)
+    assert samples.shape[0] / rate == pytest.approx(audio["duration_s"], abs=0.001)
+    # Normalised to the requested loudness (or less, if the peak ceiling held it back).
+    loudness = pyloudnorm.Meter(rate).integrated_loudness(samples)
+    assert loudness <= -16 + 0.5
+    assert np.max(np.abs(samples)) <= 1.0
+
+    if stack.mode == "services":
+        import msgspec
+        import redis
+
+        r = redis.Redis(host="127.0.0.1", port=6379, db=request.getfixturevalue("redis_db"))
+        result = msgspec.json.decode(r.hget(f"aimarket:task:{task_id}", "result"))
+        [stored] = [o for o in result["outputs"] if o["name"] == "audio"]
+        assert stored["key"] == f"tasks/{task_id}/audio-0.{extension}"
+        assert stored["loudness"]["target_lufs"] == -16
+        assert stored["loudness"]["loudness_lufs_after"] == pytest.approx(loudness, abs=0.05)
+        if not stored["loudness"]["peak_limited"]:
+            assert loudness == pytest.approx(-16, abs=0.5)
