@@ -186,7 +186,155 @@ def generate(
         raise ValueError("prompts must not be empty")
     if not duration > 0:
         raise ValueError(f"duration must be > 0, got {duration!r}")
+    return _run(
+        _entry(kind, name_or_dir, device),
+        duration,
+        seed,
+        progress,
+        params,
+        lambda model: model.generate(list(prompts), progress=progress is not None),
+    )
+
+
+class ModelUnsupported(ValueError):
+    """The loaded checkpoint cannot do what was asked (e.g. melody conditioning without a
+    chroma conditioner); map it to the task error code ``model_unsupported``."""
+
+
+def generate_continuation(
+    kind: ModelKind,
+    name_or_dir: str,
+    prompt_audio: npt.NDArray[Any],
+    prompt_rate: int,
+    prompts: list[str],
+    duration: float,
+    device: str = "auto",
+    seed: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    params: Mapping[str, Any] | None = None,
+) -> GeneratedAudio:
+    """Continue ``prompt_audio`` ((channels, n) or (n,), any rate and channel count) by
+    ``duration`` seconds, one row per prompt (the same audio prompt for each).
+
+    The result holds the prompt followed by the continuation, at the model's rate and
+    channel count: ``duration_s`` is about the prompt's length plus ``duration``. Only the
+    prompt's last seconds condition the model (at most ``max_duration - min(duration,
+    max_duration / 2)``, so every model window has new audio to write); an earlier part is
+    copied to the output unchanged. Same model cache, lock, seed, progress and ``params`` as
+    :func:`generate`.
+    """
+    if not prompts:
+        raise ValueError("prompts must not be empty")
+    if not duration > 0:
+        raise ValueError(f"duration must be > 0, got {duration!r}")
     entry = _entry(kind, name_or_dir, device)
+    import torch
+    from audiocraft.data.audio_utils import convert_audio
+
+    model = entry.model
+    wav = torch.from_numpy(_channels_first(prompt_audio)).to(model.device)
+    # At the model's rate and channels: the prompt as the output will hold it.
+    wav = convert_audio(wav, int(prompt_rate), int(model.sample_rate), int(model.audio_channels))
+    rate = int(model.sample_rate)
+    prompt_s = wav.shape[-1] / rate
+    if prompt_s <= 0:
+        raise ValueError("the audio prompt is empty")
+    window = float(model.max_duration)
+    keep_s = min(prompt_s, window - min(float(duration), window / 2))
+    cut = wav.shape[-1] - int(keep_s * rate)
+    head, tail = wav[:, :cut], wav[:, cut:]
+    batch = tail[None].expand(len(prompts), -1, -1)
+    audio = _run(
+        entry,
+        tail.shape[-1] / rate + float(duration),
+        seed,
+        progress,
+        params,
+        lambda m: m.generate_continuation(
+            batch, rate, list(prompts), progress=progress is not None
+        ),
+    )
+    if cut <= 0:
+        return audio
+    start = head.detach().to(dtype=torch.float32, device="cpu").numpy()
+    start = np.broadcast_to(start, (audio.samples.shape[0], *start.shape))
+    samples = np.concatenate([start, audio.samples], axis=-1).astype(np.float32, copy=False)
+    return GeneratedAudio(samples=np.ascontiguousarray(samples), sample_rate=audio.sample_rate)
+
+
+def supports_melody(model: Any) -> bool:
+    """Whether a loaded MusicGen has the chroma (melody) conditioner of the melody checkpoints."""
+    provider = getattr(getattr(model, "lm", None), "condition_provider", None)
+    conditioners = getattr(provider, "conditioners", None) or {}
+    return "self_wav" in conditioners
+
+
+def generate_melody(
+    kind: ModelKind,
+    name_or_dir: str,
+    melody_audio: npt.NDArray[Any],
+    melody_rate: int,
+    prompts: list[str],
+    duration: float,
+    device: str = "auto",
+    seed: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    params: Mapping[str, Any] | None = None,
+) -> GeneratedAudio:
+    """``duration`` seconds per prompt, following the melody (chromagram) of
+    ``melody_audio`` ((channels, n) or (n,), any rate); MusicGen melody checkpoints only.
+
+    Raises :class:`ModelUnsupported` for AudioGen or a checkpoint without a chroma
+    conditioner (e.g. ``musicgen-small``), :class:`ModelLoadError` as :func:`generate`.
+    Melody checkpoints separate stems with demucs, which must be installed.
+    """
+    if not prompts:
+        raise ValueError("prompts must not be empty")
+    if not duration > 0:
+        raise ValueError(f"duration must be > 0, got {duration!r}")
+    if kind != "musicgen":
+        raise ModelUnsupported(f"melody conditioning needs a MusicGen model, not {kind}")
+    entry = _entry(kind, name_or_dir, device)
+    if not supports_melody(entry.model):
+        raise ModelUnsupported(
+            f"musicgen model {name_or_dir!r} has no melody (chroma) conditioner; "
+            "melody conditioning needs a melody checkpoint such as facebook/musicgen-melody"
+        )
+    import torch
+
+    wav = torch.from_numpy(_channels_first(melody_audio)).to(entry.model.device)
+    batch = wav[None].expand(len(prompts), -1, -1)
+    return _run(
+        entry,
+        duration,
+        seed,
+        progress,
+        params,
+        lambda m: m.generate_with_chroma(
+            list(prompts), batch, int(melody_rate), progress=progress is not None
+        ),
+    )
+
+
+def _channels_first(audio: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+    arr = np.asarray(audio, dtype=np.float32)
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[-1] == 0:
+        raise ValueError(f"expected non-empty (n,) or (channels, n) audio, got {arr.shape}")
+    return np.ascontiguousarray(np.clip(np.nan_to_num(arr), -1.0, 1.0))
+
+
+def _run(
+    entry: _Entry,
+    duration: float,
+    seed: int | None,
+    progress: Callable[[int, int], None] | None,
+    params: Mapping[str, Any] | None,
+    call: Callable[[Any], Any],
+) -> GeneratedAudio:
+    """Run ``call(model)`` under the model's lock with the generation parameters, progress
+    callback and seed set, and return its waveforms as float32 in [-1, 1]."""
     import torch
 
     model = entry.model
@@ -197,7 +345,7 @@ def generate(
         # Set on every call (None clears it): the model is shared by every task of the process.
         model.set_custom_progress_callback(progress)
         if seed is None:
-            wav = model.generate(list(prompts), progress=progress is not None)
+            wav = call(model)
         else:
             # fork_rng restores the global RNG afterwards, so seeding here does not make
             # later unseeded generations in this process repeat themselves.
@@ -205,7 +353,7 @@ def generate(
             devices = [model.device.index or 0] if on_cuda else []
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed)
-                wav = model.generate(list(prompts), progress=progress is not None)
+                wav = call(model)
     samples = wav.detach().to(dtype=torch.float32, device="cpu").numpy()
     samples = np.clip(np.nan_to_num(samples), -1.0, 1.0).astype(np.float32, copy=False)
     return GeneratedAudio(samples=np.ascontiguousarray(samples), sample_rate=int(model.sample_rate))

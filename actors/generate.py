@@ -101,6 +101,14 @@ async def run_generation(
     prompt, duration = str(inputs["prompt"]), float(inputs["duration"])
     seed = inputs.get("seed")
     progress = ProgressReporter(res.state, task_id, stage_id, asyncio.get_running_loop())
+    audio_ref = inputs.get("audio_prompt") or inputs.get("melody")
+    if audio_ref:
+        # Conditioned on input audio: run alone (never batched), under the model's lock.
+        mode: AudioMode = "continuation" if inputs.get("audio_prompt") else "melody"
+        clip = await _generate_from_audio(
+            mode, kind, model_ref, str(audio_ref), prompt, duration, inputs, progress
+        )
+        return await _store_clip(task_id, stage_id, clip)
     request = Request(
         kind=kind,
         model=model_ref,
@@ -116,6 +124,62 @@ async def run_generation(
         clip = await asyncio.wrap_future(batcher().submit(request))
     except audio_models.ModelLoadError as exc:
         raise StageError("model_unavailable", str(exc)) from None
+    return await _store_clip(task_id, stage_id, clip)
+
+
+#: Generation conditioned on input audio: ``audio_prompt`` (continue it) or ``melody``.
+AudioMode = Literal["continuation", "melody"]
+
+
+async def _generate_from_audio(
+    mode: AudioMode,
+    kind: Kind,
+    model_ref: str,
+    audio_ref: str,
+    prompt: str,
+    duration: float,
+    inputs: Mapping[str, Any],
+    progress: Progress,
+) -> Clip:
+    """Continue (``continuation``) or follow the melody of (``melody``) the audio that
+    ``audio_ref`` references. A continuation's clip holds the prompt followed by
+    ``duration`` new seconds; a melody clip is ``duration`` seconds."""
+    from actors import audio_models
+    from actors.audio_input import fetch_audio
+
+    res = resources()
+    samples, rate = await fetch_audio(audio_ref, res)
+    seed = inputs.get("seed")
+    call = (
+        audio_models.generate_continuation
+        if mode == "continuation"
+        else audio_models.generate_melody
+    )
+    try:
+        audio = await asyncio.to_thread(
+            call,
+            kind,
+            model_ref,
+            samples,
+            rate,
+            [prompt],
+            duration,
+            res.settings.device,
+            None if seed is None or int(seed) < 0 else int(seed),
+            progress,
+            {k: inputs[k] for k in SAMPLING_KEYS if inputs.get(k) is not None},
+        )
+    except audio_models.ModelLoadError as exc:
+        raise StageError("model_unavailable", str(exc)) from None
+    except audio_models.ModelUnsupported as exc:
+        raise StageError("model_unsupported", str(exc)) from None
+    return Clip(audio.samples[0], audio.sample_rate, 1)
+
+
+async def _store_clip(task_id: str, stage_id: str, clip: Clip) -> dict[str, Any]:
+    from actors import audio_models
+
+    res = resources()
     item = current_item()
     key = blob_key(task_id, stage_id if item < 0 else f"{stage_id}.{item}", 0)
     await res.state.put_blob(key, audio_models.encode_wav(clip.samples, clip.sample_rate))

@@ -28,6 +28,7 @@ from api.playground import playground
 from api.services import Services
 from api.stats import stats
 from api.tasks import TaskController
+from api.uploads import upload_audio
 from api.workflows import list_workflows
 from db.migrate import upgrade
 
@@ -70,7 +71,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     v1 = Router(
         path="/",
-        route_handlers=[TaskController, stats, list_workflows],
+        route_handlers=[TaskController, stats, list_workflows, upload_audio],
         guards=[require_token],
         security=[{"bearer": []}],
     )

@@ -18,6 +18,11 @@ STAGE = -1
 _SETTLED = (RunStatus.SUCCEEDED, RunStatus.SKIPPED)
 
 
+def _the_run(task_id: str, stage_id: str, item: int) -> tuple[Any, ...]:
+    """The WHERE clause of one run's row."""
+    return (StageRun.task_id == task_id, StageRun.stage_id == stage_id, StageRun.item == item)
+
+
 def _insert(db: Database) -> Any:
     dialect = postgresql if db.engine.dialect.name == "postgresql" else sqlite
     return dialect.insert(StageRun)
@@ -56,9 +61,7 @@ async def start(db: Database, task_id: str, stage_id: str, item: int) -> bool:
         result = await session.execute(
             update(StageRun)
             .where(
-                StageRun.task_id == task_id,
-                StageRun.stage_id == stage_id,
-                StageRun.item == item,
+                *_the_run(task_id, stage_id, item),
                 StageRun.status.in_((RunStatus.QUEUED, RunStatus.RUNNING)),
             )
             .values(
@@ -76,9 +79,7 @@ async def finish(
         result = await session.execute(
             update(StageRun)
             .where(
-                StageRun.task_id == task_id,
-                StageRun.stage_id == stage_id,
-                StageRun.item == item,
+                *_the_run(task_id, stage_id, item),
                 StageRun.status.not_in((*_SETTLED, RunStatus.FAILED)),
             )
             .values(status=status, output=output, finished_at=utcnow())
@@ -101,12 +102,7 @@ async def queue_next_item(db: Database, task_id: str, stage_id: str) -> int | No
                 return None
             result = await session.execute(
                 update(StageRun)
-                .where(
-                    StageRun.task_id == task_id,
-                    StageRun.stage_id == stage_id,
-                    StageRun.item == item,
-                    StageRun.status == RunStatus.PENDING,
-                )
+                .where(*_the_run(task_id, stage_id, item), StageRun.status == RunStatus.PENDING)
                 .values(status=RunStatus.QUEUED)
             )
             if result.rowcount:  # type: ignore[attr-defined]

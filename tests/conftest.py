@@ -173,21 +173,31 @@ def service_env(
     receiver: Receiver,
 ) -> dict[str, str]:
     """The environment of an operator's deployment, pointing at this session's backends."""
-    # Start from a clean slate: a developer's own settings must not leak into the tests.
+    return {
+        **base_env(tiny_models, extra_workflows, receiver),
+        "DATABASE_URL": database_url,
+        "REDIS_HOST": REDIS[0],
+        "REDIS_PORT": str(REDIS[1]),
+        "REDIS_DB_NAME": str(redis_db),
+        "RABBITMQ_HOST": RABBIT[0],
+        "RABBITMQ_PORT": str(RABBIT[1]),
+        "RABBITMQ_VHOST": rabbitmq_vhost,
+        "S3_ENDPOINT_URL": s3_endpoint,
+        "S3_BUCKET": "aimarket-test",
+        "AWS_ACCESS_KEY": "testing",
+        "AWS_SECRET_KEY": "testing",
+        "LOG_LEVEL": "INFO",
+    }
+
+
+def base_env(
+    tiny_models: dict[str, Path], extra_workflows: Path, receiver: Receiver
+) -> dict[str, str]:
+    """What every test deployment shares: a clean environment (a developer's own settings
+    must not leak into the tests), the token, the tiny models and the test workflows."""
     keep = ("PATH", "HOME", "LANG", "TMPDIR", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
     env = {k: v for k, v in os.environ.items() if k in keep or k.startswith("LC_")}
     env.update(
-        DATABASE_URL=database_url,
-        REDIS_HOST=REDIS[0],
-        REDIS_PORT=str(REDIS[1]),
-        REDIS_DB_NAME=str(redis_db),
-        RABBITMQ_HOST=RABBIT[0],
-        RABBITMQ_PORT=str(RABBIT[1]),
-        RABBITMQ_VHOST=rabbitmq_vhost,
-        S3_ENDPOINT_URL=s3_endpoint,
-        S3_BUCKET="aimarket-test",
-        AWS_ACCESS_KEY="testing",
-        AWS_SECRET_KEY="testing",
         MARKETPLACE_TOKEN=TOKEN,
         # Where tasks submitted without a callback_url are reported.
         MARKETPLACE_CALLBACK=receiver.url + "?default=1",
@@ -200,7 +210,6 @@ def service_env(
         DEVICE="cpu",
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
-        LOG_LEVEL="INFO",
     )
     return env
 
@@ -279,22 +288,7 @@ def embedded_env(
     data_dir: Path, tiny_models: dict[str, Path], extra_workflows: Path, receiver: Receiver
 ) -> dict[str, str]:
     """What a newcomer has: no database, broker, Redis or S3; just the (tiny) models."""
-    keep = ("PATH", "HOME", "LANG", "TMPDIR", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-    env = {k: v for k, v in os.environ.items() if k in keep or k.startswith("LC_")}
-    env.update(
-        DATA_DIR=str(data_dir),
-        MARKETPLACE_TOKEN=TOKEN,
-        MARKETPLACE_CALLBACK=receiver.url + "?default=1",
-        MUSIC_GEN_MODEL=str(tiny_models["musicgen"]),
-        AUDIO_GEN_MODEL=str(tiny_models["audiogen"]),
-        WORKFLOWS_DIRS=f"{extra_workflows},{ROOT / 'tests' / 'data' / 'dag'}",
-        ACTOR_MODULES="tests.stage_fixtures",
-        PYTHONPATH=str(ROOT),
-        DEVICE="cpu",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-    )
-    return env
+    return {**base_env(tiny_models, extra_workflows, receiver), "DATA_DIR": str(data_dir)}
 
 
 def serve(env: dict[str, str], workdir: Path, port: int | None = None) -> Api:

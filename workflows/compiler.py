@@ -74,15 +74,7 @@ class Plan:
         if self.mode == "pipeline":
             self.pipeline(broker, task_id).run()  # type: ignore[no-untyped-call]
         else:
-            broker.enqueue(
-                dramatiq.Message(
-                    queue_name="default",
-                    actor_name=START_ACTOR,
-                    args=(task_id, self.workflow.name),
-                    kwargs={},
-                    options={"max_retries": 10, "min_backoff": 500},
-                )
-            )
+            broker.enqueue(self._control(START_ACTOR, task_id))
 
     def resume(self, broker: dramatiq.Broker, task_id: str) -> None:
         """Start again a run whose messages were lost (the in-process queue of a process that
@@ -90,14 +82,16 @@ class Plan:
         if self.mode == "pipeline":
             self.start(broker, task_id)
             return
-        broker.enqueue(
-            dramatiq.Message(
-                queue_name="default",
-                actor_name=RESUME_ACTOR,
-                args=(task_id, self.workflow.name),
-                kwargs={},
-                options={"max_retries": 10, "min_backoff": 500},
-            )
+        broker.enqueue(self._control(RESUME_ACTOR, task_id))
+
+    def _control(self, actor: str, task_id: str) -> dramatiq.Message[Any]:
+        """A message to one of the runtime's own actors (task.start, task.resume)."""
+        return dramatiq.Message(
+            queue_name="default",
+            actor_name=actor,
+            args=(task_id, self.workflow.name),
+            kwargs={},
+            options={"max_retries": 10, "min_backoff": 500},
         )
 
     def pipeline(self, broker: dramatiq.Broker, task_id: str) -> dramatiq.pipeline:

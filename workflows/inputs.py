@@ -11,11 +11,17 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from workflows.spec import InputField, Workflow
+from workflows.spec import AUDIO_REF_MAX_LENGTH, AUDIO_REF_PATTERN, InputField, Workflow
 
 __all__ = ["InputError", "input_json_schema", "input_struct", "validate_input"]
 
-_PYTHON_TYPES: dict[str, type] = {"string": str, "integer": int, "number": float, "boolean": bool}
+_PYTHON_TYPES: dict[str, type] = {
+    "string": str,
+    "integer": int,
+    "number": float,
+    "boolean": bool,
+    "audio": str,  # a reference to audio: upload:<id> or an http(s) URL
+}
 
 # msgspec's type names in its error messages, as the API's clients know them.
 _JSON_NAMES = {
@@ -125,6 +131,9 @@ def _annotation(field: InputField) -> Any:
         "max_length": field.max_length,
         "description": field.description,
     }
+    if field.type == "audio":
+        constraints["pattern"] = AUDIO_REF_PATTERN
+        constraints["max_length"] = AUDIO_REF_MAX_LENGTH
     meta = msgspec.Meta(**{key: value for key, value in constraints.items() if value is not None})
     return Annotated[base, meta]
 
@@ -146,6 +155,7 @@ _WRONG_TYPE = re.compile(r"Expected `(?P<want>[^`]+)`, got `(?P<got>[^`]+)`")
 _LENGTH = re.compile(r"Expected `[^`]+` of length (?P<op>[<>]=?) (?P<n>\d+)")
 _BOUND = re.compile(r"Expected `[^`]+` (?P<op>[<>]=?) (?P<n>-?[\d.e+-]+)")
 _ENUM = re.compile(r"Invalid enum value")
+_PATTERN = re.compile(r"Expected `str` matching regex")
 
 _BOUND_WORDS = {">=": "at least", ">": "greater than", "<=": "at most", "<": "less than"}
 
@@ -175,6 +185,8 @@ def _reword(wf: Workflow, path: str, reason: str) -> str:
         return f"must be {_BOUND_WORDS[match['op']]} {size} {unit} long"
     if match := _BOUND.match(reason):
         return f"must be {_BOUND_WORDS[match['op']]} {_number(match['n'])}"
+    if _PATTERN.match(reason):
+        return "must be an upload id (upload:<id>, from POST /v1/uploads) or an http(s) URL"
     if _ENUM.match(reason):
         field = wf.input.get(path.removeprefix("."))
         if field is not None and field.enum is not None:

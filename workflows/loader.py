@@ -85,6 +85,8 @@ from workflows.expressions import (
 )
 from workflows.graph import ancestors, cycles
 from workflows.spec import (
+    AUDIO_REF_MAX_LENGTH,
+    AUDIO_REF_PATTERN,
     INPUT_TYPES,
     OUTPUT_TYPES,
     InputField,
@@ -574,8 +576,8 @@ def _applicable_limits(ftype: InputType) -> tuple[str, ...]:
 def _limits_hint(ftype: InputType) -> str:
     if ftype == "string":
         return "string fields take min_length and max_length"
-    if ftype == "boolean":
-        return "boolean fields take no limits"
+    if ftype in ("boolean", "audio"):
+        return f"{ftype} fields take no limits"
     return "numeric fields take minimum, maximum, exclusive_minimum and exclusive_maximum"
 
 
@@ -585,6 +587,10 @@ def _default_value(node: yaml.Node, ftype: InputType) -> Scalar | None:
     if ftype == "string" and _is_scalar(node, _STR):
         text: str = node.value
         return text
+    if ftype == "audio" and _is_scalar(node, _STR):
+        ref: str = node.value
+        fits = len(ref) <= AUDIO_REF_MAX_LENGTH and re.fullmatch(AUDIO_REF_PATTERN, ref)
+        return ref if fits else None
     if ftype == "boolean" and _is_scalar(node, _BOOL):
         return _SCALARS.construct_yaml_bool(node)
     if ftype in ("integer", "number") and _is_scalar(node, _INT):
@@ -1127,8 +1133,13 @@ class _Checker:
         node = entry.value
         value = _default_value(node, ftype)
         if value is None:
-            article = "an" if ftype == "integer" else "a"
+            article = "an" if ftype in ("integer", "audio") else "a"
             message = f"the default of {what} must be {article} {ftype}, not {_describe(node)}"
+            if ftype == "audio" and _is_scalar(node, _STR):
+                message = (
+                    f"the default of {what} must be an upload id (upload:<id>) or an http(s) "
+                    f"URL of at most {AUDIO_REF_MAX_LENGTH} characters"
+                )
             hint = "leave 'default' out to make the field required"
             self.report(node, "bad-default", message, hint if _is_scalar(node, _NULL) else None)
             return None

@@ -38,9 +38,15 @@ from typing import Any, Literal
 
 import msgspec
 
-#: The scalar types an input field may have (JSON Schema names).
-InputType = Literal["string", "integer", "number", "boolean"]
-INPUT_TYPES: tuple[InputType, ...] = ("string", "integer", "number", "boolean")
+#: The types an input field may have: JSON Schema's scalar names, plus ``audio``, a string
+#: that references input audio (``upload:<id>`` from ``POST /v1/uploads``, or an http(s)
+#: URL); only its form is checked at submit, the audio itself when a stage fetches it.
+InputType = Literal["string", "integer", "number", "boolean", "audio"]
+INPUT_TYPES: tuple[InputType, ...] = ("string", "integer", "number", "boolean", "audio")
+
+#: The form of an ``audio`` input value (see ``workflows.inputs``) and its longest length.
+AUDIO_REF_PATTERN = r"^(upload:[A-Za-z0-9_-]{1,64}|https?://[^/?#\s]+([/?#]\S*)?)$"
+AUDIO_REF_MAX_LENGTH = 2000
 
 #: What a workflow may produce. ``audio`` is a media file stored in S3; the others are plain
 #: JSON values in the result.
