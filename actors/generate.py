@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any, Literal, cast
 
@@ -18,6 +19,7 @@ from actors.lifecycle import active_task
 from actors.progress import ProgressReporter
 from actors.registry import stage
 from actors.resources import resources
+from aimarket.metrics import observe_generation
 from aimarket.state import blob_key
 from db.tasks import mark_running
 
@@ -58,15 +60,18 @@ def _generate_batch(
 ) -> tuple[npt.NDArray[np.float32], int]:
     from actors import audio_models
 
+    started = time.perf_counter()
     audio = audio_models.generate(
         cast(audio_models.ModelKind, kind), model, prompts, duration, device, None, progress, params
     )
+    observe_generation(kind, time.perf_counter() - started, duration, len(prompts))
     return audio.samples, audio.sample_rate
 
 
 def _generate_seeded(request: Request) -> Clip:
     from actors import audio_models
 
+    started = time.perf_counter()
     audio = audio_models.generate(
         cast(audio_models.ModelKind, request.kind),
         request.model,
@@ -77,6 +82,7 @@ def _generate_seeded(request: Request) -> Clip:
         request.progress,
         request.params,
     )
+    observe_generation(request.kind, time.perf_counter() - started, request.duration, 1)
     return Clip(audio.samples[0], audio.sample_rate, 1)
 
 
@@ -155,6 +161,7 @@ async def _generate_from_audio(
         if mode == "continuation"
         else audio_models.generate_melody
     )
+    started = time.perf_counter()
     try:
         audio = await asyncio.to_thread(
             call,
@@ -173,6 +180,7 @@ async def _generate_from_audio(
         raise StageError("model_unavailable", str(exc)) from None
     except audio_models.ModelUnsupported as exc:
         raise StageError("model_unsupported", str(exc)) from None
+    observe_generation(kind, time.perf_counter() - started, duration, 1)
     return Clip(audio.samples[0], audio.sample_rate, 1)
 
 

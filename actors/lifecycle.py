@@ -8,9 +8,9 @@ import logging
 from typing import Any
 
 import dramatiq
-import httpx
 import msgspec
 
+from actors import webhooks
 from actors.errors import StageError, TaskGone
 from actors.registry import stage
 from actors.resources import resources
@@ -83,14 +83,16 @@ def callback_target(task: Task) -> str | None:
     return task.callback_url or resources().settings.marketplace_callback
 
 
-@stage("task.callback", queue="callbacks", max_retries=8, min_backoff=1000, max_backoff=60_000)
+@stage("task.callback", queue="callbacks", max_retries=10, min_backoff=1000, max_backoff=300_000)
 async def callback(
     task_id: str, workflow: str, stage_id: str, previous: Any = None
 ) -> dict[str, Any]:
-    """POSTs the task's final view (the body of GET /v1/tasks/{id}) to the client.
+    """POSTs the task's final view (the body of GET /v1/tasks/{id}) to the client, signed.
 
-    Network errors, 5xx and 429 raise, so Dramatiq retries with backoff; other 4xx answers
-    are final (the receiver refused this body; sending it again would not help).
+    Network errors, 5xx and 429 raise, so Dramatiq retries with backoff (a workflow's stage
+    retry policy, or these actor options when ``task.fail`` sends it directly: about 15
+    minutes at most); refused URLs, redirects and other 4xx answers are final. Every try is
+    recorded in ``callback_attempts`` (see actors/webhooks.py).
     """
     res = resources()
     task = await get_task(res.db, task_id)
@@ -100,14 +102,4 @@ async def callback(
     if not url:
         return {"callback": "none"}
     body = msgspec.json.encode(task_view(task, res.store))
-    async with httpx.AsyncClient(timeout=res.settings.callback_timeout) as client:
-        response = await client.post(
-            url,
-            content=body,
-            headers={"content-type": "application/json", "user-agent": "aimarket-callback"},
-        )
-    if response.status_code >= 500 or response.status_code == 429:
-        raise RuntimeError(f"callback to {url} answered {response.status_code}")
-    if response.status_code >= 400:
-        log.warning("callback for %s refused: %s", task_id, response.status_code)
-    return {"callback": response.status_code}
+    return await webhooks.deliver(res, task_id, url, body, event="completed")

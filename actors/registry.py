@@ -9,6 +9,7 @@ that a retry cannot fix; anything else is retried by the stage's retry policy.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,6 +18,8 @@ from dramatiq.middleware import CurrentMessage
 
 from actors.errors import StageError
 from actors.resources import resources
+from aimarket.logs import log_context
+from aimarket.metrics import STAGE_DURATION
 
 #: Every registered stage actor name -> its default queue (what workflows may reference).
 STAGE_QUEUES: dict[str, str] = {}
@@ -39,7 +42,9 @@ def stage(
     not have are refused when they load.
 
     Each run is recorded in the task's short-lived state (running, done or error), which
-    ``GET /v1/tasks/{id}`` shows while the task is in flight.
+    ``GET /v1/tasks/{id}`` shows while the task is in flight, and in the
+    ``aimarket_stage_duration_seconds`` metric; its log lines carry the task id, workflow
+    and stage (``aimarket.logs``).
     """
 
     def register(fn: StageFn) -> Any:
@@ -47,10 +52,17 @@ def stage(
         async def run(
             task_id: str, workflow: str, stage_id: str, previous: Any = None
         ) -> dict[str, Any] | None:
+            with log_context(task_id=task_id, workflow=workflow, stage=stage_id):
+                return await _run(task_id, workflow, stage_id, previous)
+
+        async def _run(
+            task_id: str, workflow: str, stage_id: str, previous: Any
+        ) -> dict[str, Any] | None:
             from actors import dag
 
             state = resources().state
             await state.stage_event(task_id, stage_id, "running")
+            started = time.perf_counter()
             try:
                 item = dag.dag_item(previous)
                 if item is not None:
@@ -63,9 +75,12 @@ def stage(
                         stage_id,
                         await _input(task_id, workflow, stage_id, previous),
                     )
-            except BaseException:
+            except BaseException as exc:
+                outcome = "failed" if isinstance(exc, StageError) else "error"
+                STAGE_DURATION.labels(name, outcome).observe(time.perf_counter() - started)
                 await state.stage_event(task_id, stage_id, "error")
                 raise
+            STAGE_DURATION.labels(name, "ok").observe(time.perf_counter() - started)
             await state.stage_event(task_id, stage_id, "done")
             return result if _piped() else None
 

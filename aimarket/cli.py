@@ -78,8 +78,19 @@ def serve(host: str | None, port: int | None) -> None:
     default=None,
     help="Written once the worker is ready (after the warm-up, with --warmup).",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve the Prometheus metrics of every worker process on this port (/metrics).",
+)
 def worker(
-    queues: str, processes: int, threads: int | None, warmup: bool, ready_file: Path | None
+    queues: str,
+    processes: int,
+    threads: int | None,
+    warmup: bool,
+    ready_file: Path | None,
+    metrics_port: int | None,
 ) -> None:
     """Run a Dramatiq worker for the given queues."""
     from dramatiq.cli import main as dramatiq_main
@@ -104,6 +115,8 @@ def worker(
         # Prefetch no more than can be batched now, so a busy worker does not hold messages
         # another worker could start.
         os.environ.setdefault("dramatiq_queue_prefetch", str(threads))
+    argv = ["aimarket.worker_boot", "-p", str(processes), "-t", str(threads), "-Q", *names]
+    argv += _worker_metrics(metrics_port) if metrics_port is not None else []
     from actors.warmup import READY_FILE_ENV, WARMUP_ENV
 
     if warmup:
@@ -111,9 +124,25 @@ def worker(
     if ready_file is not None:
         ready_file.unlink(missing_ok=True)
         os.environ[READY_FILE_ENV] = str(ready_file.resolve())
-    argv = ["aimarket.worker_boot", "-p", str(processes), "-t", str(threads), "-Q", *names]
     args = make_argument_parser().parse_args(argv)  # type: ignore[no-untyped-call]
     sys.exit(dramatiq_main(args))  # type: ignore[no-untyped-call]
+
+
+def _worker_metrics(port: int) -> list[str]:
+    """Each worker process writes its samples to PROMETHEUS_MULTIPROC_DIR (set before they
+    start, emptied of a previous run's); one more process serves their sum on ``port``."""
+    import tempfile
+
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(
+        prefix="aimarket-metrics-"
+    )
+    # Before anything imports prometheus_client, which reads it once.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    from aimarket.metrics import METRICS_PORT_ENV, prepare_multiprocess_dir
+
+    prepare_multiprocess_dir(folder)
+    os.environ[METRICS_PORT_ENV] = str(port)
+    return ["--fork-function", "aimarket.metrics:serve_worker_metrics"]
 
 
 @main.command()

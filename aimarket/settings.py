@@ -21,6 +21,7 @@ from dotenv import dotenv_values
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+WebhookSecret = Annotated[str, msgspec.Meta(pattern=r"^whsec_[A-Za-z0-9+/]{16,}={0,2}$")]
 
 
 class SettingsError(Exception):
@@ -127,6 +128,18 @@ class Settings(msgspec.Struct, kw_only=True, rename="upper", forbid_unknown_fiel
     callback_timeout: PositiveFloat = 10.0
     #: Python logging level name.
     log_level: str = "INFO"
+    #: ``json`` writes one JSON object per log line (time, level, logger, message, and the
+    #: task_id, workflow, stage and user_id when known); ``text`` is for people.
+    log_format: Literal["text", "json"] = "text"
+
+    # --- Webhooks ------------------------------------------------------------------------
+    #: Key that signs every callback (Standard Webhooks: ``whsec_`` + the key in base64).
+    #: Unset with the embedded database: one is generated into DATA_DIR/webhook-secret.
+    #: Required with a real database.
+    webhook_secret: WebhookSecret | None = None
+    #: Hosts and CIDR ranges (separated by commas) that callbacks may reach although they are
+    #: loopback, link-local, private or reserved addresses (refused otherwise).
+    callback_allowlist: str = ""
 
     @property
     def database_dsn(self) -> str | None:

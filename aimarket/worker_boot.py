@@ -6,11 +6,14 @@ from __future__ import annotations
 import logging
 
 from aimarket.broker import setup_broker
+from aimarket.logs import configure_root
 from aimarket.settings import get_settings
 from workflows.compiler import compile_workflow, declare_queues
 
 settings = get_settings()
 logging.getLogger().setLevel(settings.log_level.upper())
+# Dramatiq set up this process's handler (to its main process); LOG_FORMAT=json re-formats it.
+configure_root(settings.log_format)
 broker = setup_broker(settings)
 
 from actors.audio_models import configure_cache, set_cache_size  # noqa: E402  (no torch yet)

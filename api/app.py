@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio.to_thread
-from litestar import Litestar, Router
+import msgspec
+from litestar import Litestar, Request, Router
 from litestar.di import Provide
 from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig
@@ -17,12 +19,14 @@ from litestar.openapi.spec import Components, SecurityScheme
 from actors.resources import use_settings
 from aimarket.backends import database_url, describe
 from aimarket.broker import is_embedded
+from aimarket.logs import bind, litestar_logging, route_uvicorn_to_root
 from aimarket.settings import Settings, get_settings
 from api.auth import require_token
 from api.embedded import resume_unfinished, start_worker, stop_worker
 from api.errors import HANDLERS
 from api.health import live, ready
 from api.media import media
+from api.metrics import PROMETHEUS, count_submitted, metrics, watch_queues
 from api.openapi import add_workflow_inputs
 from api.playground import playground
 from api.services import Services
@@ -57,6 +61,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             len(services.workflows),
             ", ".join(sorted(services.workflows)),
         )
+        if settings.log_format == "json":
+            # uvicorn configured its loggers after create_app: send them through the root's.
+            route_uvicorn_to_root()
+        watch_queues(services.broker)
         if settings.marketplace_token is None:
             log.warning("MARKETPLACE_TOKEN is not set: using the token %s", services.token)
         worker = start_worker(services) if embedded else None
@@ -74,9 +82,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[TaskController, stats, list_workflows, upload_audio],
         guards=[require_token],
         security=[{"bearer": []}],
+        before_request=bind_request_context,
+        after_request=count_submitted,
     )
     app = Litestar(
-        route_handlers=[v1, live, ready, media, playground],
+        route_handlers=[v1, live, ready, media, playground, metrics],
+        middleware=[PROMETHEUS.middleware],
         dependencies={"services": Provide(lambda: services, sync_to_thread=False)},
         exception_handlers=HANDLERS,
         lifespan=[lifespan],
@@ -96,11 +107,28 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ),
         request_max_body_size=1_000_000,
         logging_config=LoggingConfig(
-            root={"level": settings.log_level.upper(), "handlers": ["queue_listener"]},
-            # pika logs every connection at INFO; its warnings are what an operator needs.
-            loggers={"pika": {"level": "WARNING", "propagate": True}},
+            **litestar_logging(settings.log_level.upper(), settings.log_format)
         ),
     )
     app.state.services = services
     add_workflow_inputs(app, services.workflows)
     return app
+
+
+async def bind_request_context(request: Request[Any, Any, Any]) -> None:
+    """``before_request`` hook of the /v1 router: the request's task id, user and workflow go
+    into the log context (see ``aimarket.logs``) of the handler."""
+    fields: dict[str, Any] = {
+        "task_id": request.path_params.get("task_id"),
+        "user_id": request.query_params.get("user_id"),
+    }
+    if request.method == "POST" and request.content_type[0] == "application/json":
+        try:
+            body = msgspec.json.decode(await request.body())
+        except (msgspec.DecodeError, ValueError):
+            body = None
+        if isinstance(body, dict):
+            for key in ("user_id", "workflow"):
+                if isinstance(body.get(key), str):
+                    fields[key] = body[key]
+    bind(**fields)

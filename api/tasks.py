@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
+from datetime import datetime
 
 import anyio
 import anyio.to_thread
@@ -16,11 +16,13 @@ from litestar.params import Parameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_202_ACCEPTED
 
+from aimarket.settings import Settings
+from aimarket.ssrf import Unresolvable, UnsafeURL, check_url
 from aimarket.task_view import TaskList, TaskOut, task_view
 from api.errors import ApiError, error_response
 from api.schemas import CreateTask
 from api.services import Services
-from db import stage_runs
+from db import callbacks, stage_runs
 from db.models import Task, TaskStatus
 from db.tasks import finish_task, get_task, insert_task, recent_tasks, utcnow
 from workflows.inputs import InputError, validate_input
@@ -34,14 +36,35 @@ KEEPALIVE_S = 15.0
 EVENTS_MAX_S = 3600.0
 
 
-def _check_callback_url(url: str | None) -> None:
+class CallbackAttemptOut(msgspec.Struct, kw_only=True):
+    """One try at delivering a callback."""
+
+    webhook_id: str
+    attempt: int
+    url: str
+    #: None when no answer came (network error, or the URL was refused at delivery).
+    status_code: int | None
+    error: str | None
+    latency_ms: int
+    created_at: datetime
+
+
+class CallbackAttemptList(msgspec.Struct, kw_only=True):
+    attempts: list[CallbackAttemptOut]
+
+
+async def _check_callback_url(url: str | None, settings: Settings) -> None:
+    """Refuses a callback URL that is not http(s), or whose host is (or resolves to) a
+    loopback, link-local, private or reserved address not in CALLBACK_ALLOWLIST (SSRF). A
+    host that does not resolve now is accepted: delivery checks again and retries."""
     if url is None:
         return
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ApiError(
-            422, "invalid_callback_url", "callback_url must be an http(s) URL", "callback_url"
-        )
+    try:
+        await anyio.to_thread.run_sync(check_url, url, settings.callback_allowlist)
+    except Unresolvable:
+        return
+    except UnsafeURL as exc:
+        raise ApiError(422, "invalid_callback_url", str(exc), "callback_url") from None
 
 
 async def submit_task(services: Services, data: CreateTask) -> Task:
@@ -62,7 +85,7 @@ async def submit_task(services: Services, data: CreateTask) -> Task:
         clean_input = validate_input(workflow, data.input)
     except InputError as exc:
         raise ApiError(422, "invalid_input", exc.message, exc.field) from None
-    _check_callback_url(data.callback_url)
+    await _check_callback_url(data.callback_url, services.settings)
 
     task = Task(
         id=str(uuid.uuid4()),
@@ -158,6 +181,33 @@ class TaskController(Controller):
         if task is None:
             raise NotFoundException(f"no task '{task_id}'")
         return ServerSentEvent(task_events(services, task_id))
+
+    @get(
+        "/{task_id:str}/callbacks",
+        summary="The callback deliveries of a task, one entry per try (newest last)",
+        description="Each try of a callback delivery: its `webhook_id` (the same for every try "
+        "of one delivery), the HTTP status the receiver answered, or the error when none came.",
+        responses={404: error_response("No such task")},
+    )
+    async def callback_attempts(self, task_id: str, services: Services) -> CallbackAttemptList:
+        task = await get_task(services.db, task_id) if _is_uuid(task_id) else None
+        if task is None:
+            raise NotFoundException(f"no task '{task_id}'")
+        rows = await callbacks.attempts(services.db, task_id)
+        return CallbackAttemptList(
+            attempts=[
+                CallbackAttemptOut(
+                    webhook_id=r.webhook_id,
+                    attempt=r.attempt,
+                    url=r.url,
+                    status_code=r.status_code,
+                    error=r.error,
+                    latency_ms=r.latency_ms,
+                    created_at=r.created_at,
+                )
+                for r in rows
+            ]
+        )
 
 
 async def task_events(services: Services, task_id: str) -> AsyncIterator[ServerSentEventMessage]:

@@ -100,3 +100,22 @@ class StageRun(Base):
     output: Mapped[Any] = mapped_column(JsonType, nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class CallbackAttempt(Base):
+    """One try at delivering a callback (``webhook_id`` is the same for every try of one
+    delivery); written by the ``task.callback`` actor, listed by GET /v1/tasks/{id}/callbacks."""
+
+    __tablename__ = "callback_attempts"
+    __table_args__ = (Index("ix_callback_attempts_task", "task_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(String(36), ForeignKey("tasks.id", ondelete="CASCADE"))
+    webhook_id: Mapped[str] = mapped_column(String(200))
+    attempt: Mapped[int] = mapped_column()
+    url: Mapped[str] = mapped_column(Text)
+    #: The receiver's HTTP status; None when no answer came (network error, refused URL).
+    status_code: Mapped[int | None] = mapped_column()
+    error: Mapped[str | None] = mapped_column(Text)
+    latency_ms: Mapped[int] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())

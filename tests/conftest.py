@@ -210,6 +210,9 @@ def base_env(
         DEVICE="cpu",
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
+        # Test receivers listen on loopback, which callbacks may reach only when allowed.
+        CALLBACK_ALLOWLIST="127.0.0.1",
+        WEBHOOK_SECRET="whsec_" + "a" * 43 + "=",
     )
     return env
 

@@ -1,0 +1,194 @@
+"""Callback delivery: Standard Webhooks signatures, SSRF checks, and a record of every try.
+
+Each delivery has a ``webhook-id`` that stays the same across its retries (``{task_id}:
+{event}``), so a receiver can drop duplicates; ``webhook-timestamp`` is the time of this try
+and ``webhook-signature`` is ``v1,`` + base64(HMAC-SHA256(key, "{id}.{timestamp}.{body}"))
+(https://www.standardwebhooks.com). The key comes from ``WEBHOOK_SECRET`` (``whsec_`` +
+base64); it never appears in logs, records or bodies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+import httpx
+from dramatiq.middleware import CurrentMessage
+
+from actors.resources import Resources
+from actors.retries import retryable
+from aimarket.settings import Settings, SettingsError
+from aimarket.ssrf import IPAddress, Unresolvable, UnsafeURL, safe_addresses
+from db.callbacks import next_attempt, record_attempt
+
+log = logging.getLogger(__name__)
+
+SECRET_PREFIX = "whsec_"  # noqa: S105 (the format's prefix, not a secret)
+USER_AGENT = "aimarket-callback"
+
+
+class CallbackError(RuntimeError):
+    """A try that is worth another one (network error, 5xx, 429, DNS failure)."""
+
+
+def webhook_secret(settings: Settings) -> str:
+    """WEBHOOK_SECRET; with an embedded database and none set, a random one kept in
+    DATA_DIR/webhook-secret (as MARKETPLACE_TOKEN is). A deployment with a real database
+    must set it (its receivers need to know it in advance)."""
+    if settings.webhook_secret:
+        return settings.webhook_secret
+    if settings.database_dsn is not None:
+        settings.require("WEBHOOK_SECRET")
+    path = Path(settings.data_dir).resolve() / "webhook-secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode())
+        tmp.chmod(0o600)
+        tmp.replace(path)
+    return path.read_text().strip()
+
+
+def secret_key(secret: str) -> bytes:
+    """The HMAC key of a ``whsec_<base64>`` secret (the prefix is optional, as in the
+    reference libraries)."""
+    text = secret.removeprefix(SECRET_PREFIX)
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise SettingsError("WEBHOOK_SECRET is invalid: expected whsec_ + base64") from None
+
+
+def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` header value for one try."""
+    signed = f"{webhook_id}.{timestamp}.".encode() + body
+    digest = hmac.new(secret_key(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def signed_headers(secret: str, webhook_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    return {
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(secret, webhook_id, timestamp, body),
+    }
+
+
+def _pinned(
+    url: str, addresses: list[IPAddress] | None
+) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
+    """The URL to connect to: the checked address itself, so a DNS answer that changes after
+    the check (rebinding) cannot send the request elsewhere. The Host header and TLS SNI
+    (hence certificate checks) keep the name."""
+    target = httpx.URL(url)
+    if addresses is None:
+        return target, {}, {}
+    host = target.host
+    if host == str(addresses[0]):  # an IP literal already
+        return target, {}, {}
+    netloc = target.netloc.decode("ascii").rsplit("@", 1)[-1]
+    return (
+        target.copy_with(host=str(addresses[0])),
+        {"host": netloc},
+        {"sni_hostname": host} if target.scheme == "https" else {},
+    )
+
+
+def _last_try(exc: BaseException) -> bool:
+    """Whether Dramatiq will not run this message again after ``exc``: the workflow stage's
+    retry policy when the message has one, else the actor's own max_retries."""
+    message = CurrentMessage.get_current_message()
+    if message is None:
+        return True
+    options = message.options
+    policy = options.get("retry_policy")
+    if policy is not None and not retryable(exc, policy["retry_on"]):
+        return True
+    try:
+        actor = dramatiq.get_broker().get_actor(message.actor_name)
+        default = actor.options.get("max_retries", 20)
+    except Exception:  # an unknown actor: Dramatiq's default
+        default = 20
+    max_retries = options.get("max_retries", default)
+    return bool(options.get("retries", 0) >= max_retries)
+
+
+async def deliver(
+    res: Resources, task_id: str, url: str, body: bytes, event: str
+) -> dict[str, Any]:
+    """One try at POSTing ``body`` to ``url``, recorded in ``callback_attempts``.
+
+    Raises CallbackError on network errors, DNS failures, 5xx and 429, so Dramatiq retries
+    with backoff. A URL refused by the SSRF check (DNS can change after submission), a
+    redirect (never followed) and other 4xx answers are final: recorded, logged, not retried.
+    """
+    settings = res.settings
+    secret = webhook_secret(settings)
+    webhook_id = f"{task_id}:{event}"
+    attempt = await next_attempt(res.db, task_id, webhook_id)
+    started = time.monotonic()
+    status: int | None = None
+    error: str | None = None
+    retry = False
+    try:
+        addresses = await asyncio.to_thread(safe_addresses, url, settings.callback_allowlist)
+    except Unresolvable as exc:
+        error, retry = str(exc), True
+    except UnsafeURL as exc:
+        error = f"refused: {exc}"
+    else:
+        target, extra_headers, extensions = _pinned(url, addresses)
+        headers = signed_headers(secret, webhook_id, int(time.time()), body)
+        try:
+            async with httpx.AsyncClient(
+                timeout=settings.callback_timeout, follow_redirects=False
+            ) as client:
+                response = await client.post(
+                    target,
+                    content=body,
+                    headers={**headers, **extra_headers},
+                    extensions=extensions,
+                )
+            status = response.status_code
+        except httpx.HTTPError as exc:
+            error, retry = f"{type(exc).__name__}: {exc}".rstrip(": "), True
+    latency_ms = int((time.monotonic() - started) * 1000)
+    await record_attempt(
+        res.db,
+        task_id=task_id,
+        webhook_id=webhook_id,
+        attempt=attempt,
+        url=url,
+        status_code=status,
+        error=error,
+        latency_ms=latency_ms,
+    )
+    if status is not None and (status >= 500 or status == 429):
+        error, retry = f"answered {status}", True
+    if retry:
+        failure = CallbackError(f"callback {webhook_id} try {attempt}: {error}")
+        if _last_try(failure):
+            log.warning("callback for task %s gave up after %d tries: %s", task_id, attempt, error)
+        else:
+            log.info("callback for task %s try %d failed (retried): %s", task_id, attempt, error)
+        raise failure
+    if error is not None:
+        log.warning("callback for task %s not sent: %s", task_id, error)
+        return {"callback": "refused"}
+    assert status is not None
+    if 300 <= status < 400:
+        log.warning("callback for task %s answered a redirect %s (not followed)", task_id, status)
+    elif status >= 400:
+        log.warning("callback for task %s refused: %s", task_id, status)
+    return {"callback": status}

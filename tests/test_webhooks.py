@@ -1,0 +1,369 @@
+"""Signed callbacks (Standard Webhooks), their retries and records, and the SSRF guard.
+
+The service runs embedded (`aimarket serve`, nothing configured) and calls receivers on
+loopback only: no test sends a packet to a non-loopback address (check_url gets a stub
+resolver, and refused addresses are refused before any connection)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import http.server
+import json
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from actors.webhooks import secret_key, sign, webhook_secret
+from aimarket.settings import Settings, SettingsError, load_settings
+from aimarket.ssrf import Allowlist, Unresolvable, UnsafeURL, check_url
+from tests.conftest import TOKEN, Api, Receiver, embedded_env, free_port, serve, stop
+
+SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
+
+
+# --- Signatures ------------------------------------------------------------------------------
+
+
+def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
+    """What a receiver does, written from the Standard Webhooks spec alone."""
+    key = base64.b64decode(secret.split("_", 1)[1])
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    return any(
+        hmac.compare_digest(part.split(",", 1)[1], expected)
+        for part in headers["webhook-signature"].split()
+        if part.startswith("v1,")
+    )
+
+
+def test_signature_matches_the_spec() -> None:
+    body = b'{"task_id":"t"}'
+    headers = {
+        "webhook-id": "t:completed",
+        "webhook-timestamp": "1700000000",
+        "webhook-signature": sign(SECRET, "t:completed", 1700000000, body),
+    }
+    assert headers["webhook-signature"].startswith("v1,")
+    assert verify(SECRET, headers, body)
+    assert not verify(SECRET, headers, body + b" ")
+    assert secret_key(SECRET) == b"k" * 32
+
+
+def test_secret_is_generated_for_embedded_mode_and_required_with_a_database(
+    tmp_path: Path,
+) -> None:
+    embedded = Settings(data_dir=str(tmp_path))
+    first = webhook_secret(embedded)
+    assert first.startswith("whsec_")
+    assert len(secret_key(first)) == 32
+    assert webhook_secret(embedded) == first  # kept in DATA_DIR
+    assert (tmp_path / "webhook-secret").stat().st_mode & 0o077 == 0
+    with pytest.raises(SettingsError, match="WEBHOOK_SECRET"):
+        webhook_secret(Settings(data_dir=str(tmp_path), postgres_host="db"))
+    assert webhook_secret(Settings(postgres_host="db", webhook_secret=SECRET)) == SECRET
+    with pytest.raises(SettingsError, match="WEBHOOK_SECRET"):
+        load_settings(environ={"WEBHOOK_SECRET": "not-a-secret"}, env_file=None)
+
+
+# --- SSRF guard ------------------------------------------------------------------------------
+
+
+def resolver(*addresses: str) -> Any:
+    """A getaddrinfo stand-in answering ``addresses`` for any name."""
+
+    def resolve(host: str, port: int, **kwargs: Any) -> list[tuple[Any, ...]]:
+        family = socket.AF_INET6
+        return [
+            (socket.AF_INET if ":" not in a else family, socket.SOCK_STREAM, 6, "", (a, port))
+            for a in addresses
+        ]
+
+    return resolve
+
+
+def no_dns(host: str, port: int, **kwargs: Any) -> list[tuple[Any, ...]]:
+    raise AssertionError("an IP literal must not be resolved")
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://127.0.0.1:9/hook", "loopback"),
+        ("http://169.254.169.254/latest/meta-data/", "link-local"),
+        ("http://10.0.0.5/hook", "private"),
+        ("http://172.16.3.4/hook", "private"),
+        ("http://192.168.1.1/hook", "private"),
+        ("http://0.0.0.0/hook", "unspecified"),
+        ("http://224.0.0.1/hook", "multicast"),
+        ("http://240.0.0.1/hook", "reserved"),
+        ("http://[::1]/hook", "loopback"),
+        ("http://[fe80::1]/hook", "link-local"),
+        ("http://[fc00::1]/hook", "private"),
+        ("http://[::ffff:169.254.169.254]/hook", "link-local"),
+    ],
+)
+def test_internal_addresses_are_refused(url: str, reason: str) -> None:
+    with pytest.raises(UnsafeURL, match=reason):
+        check_url(url, "", resolve=no_dns)
+
+
+def test_names_are_checked_by_what_they_resolve_to() -> None:
+    with pytest.raises(UnsafeURL, match=r"loopback address: hooks\.example \(127\.0\.0\.1\)"):
+        check_url("https://hooks.example/x", "", resolve=resolver("127.0.0.1"))
+    # One internal answer among public ones is enough to refuse.
+    with pytest.raises(UnsafeURL, match="private"):
+        check_url("https://hooks.example/x", "", resolve=resolver("93.184.216.34", "10.1.2.3"))
+    check_url("https://hooks.example/x", "", resolve=resolver("93.184.216.34"))
+    check_url("https://hooks.example/x", "", resolve=resolver("2606:2800:220:1::"))
+    with pytest.raises(Unresolvable):
+        check_url("https://nowhere.invalid/x", "", resolve=resolver())
+
+
+def test_allowlist_names_hosts_and_ranges() -> None:
+    allow = "127.0.0.1, 10.0.0.0/8,hooks.internal.,::1"
+    check_url("http://127.0.0.1:8000/hook", allow, resolve=no_dns)
+    check_url("http://10.9.8.7/hook", allow, resolve=no_dns)
+    check_url("http://[::1]/hook", allow, resolve=no_dns)
+    check_url("http://HOOKS.internal/hook", allow, resolve=no_dns)  # by name: not resolved
+    check_url("http://svc.example/hook", allow, resolve=resolver("10.0.0.5", "::1"))
+    with pytest.raises(UnsafeURL, match="private"):
+        check_url("http://192.168.0.1/hook", allow, resolve=no_dns)
+    with pytest.raises(UnsafeURL, match="http"):
+        check_url("ftp://127.0.0.1/hook", allow, resolve=no_dns)
+    assert Allowlist.parse(allow).hosts == {"hooks.internal"}
+
+
+# --- Delivery, for real, to receivers on loopback ------------------------------------------
+
+
+class Hooks:
+    """A receiver whose answers each test scripts per path; it records headers and body."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.calls: list[dict[str, Any]] = []
+        self.answers: dict[str, list[int]] = {}
+        self.cond = threading.Condition()
+        hooks = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                path = self.path
+                with hooks.cond:
+                    queue = hooks.answers.get(path, [])
+                    status = queue.pop(0) if queue else 200
+                    hooks.calls.append(
+                        {
+                            "path": path,
+                            "headers": {k.lower(): v for k, v in self.headers.items()},
+                            "raw": body,
+                            "body": json.loads(body),
+                            "answered": status,
+                        }
+                    )
+                    hooks.cond.notify_all()
+                self.send_response(status)
+                if 300 <= status < 400:
+                    self.send_header("location", hooks.url + "/followed")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait(self, path: str, count: int, timeout: float = 60) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                got = [c for c in self.calls if c["path"] == path]
+                if len(got) >= count:
+                    return got
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"{len(got)} calls to {path}, wanted {count}")
+                self.cond.wait(left)
+
+
+@pytest.fixture(scope="module")
+def hooks() -> Iterator[Hooks]:
+    h = Hooks()
+    yield h
+    h.server.shutdown()
+
+
+def _serve(
+    factory: pytest.TempPathFactory,
+    tiny_models: dict[str, Path],
+    extra_workflows: Path,
+    receiver: Receiver,
+    **extra: str,
+) -> Api:
+    workdir = factory.mktemp("webhooks")
+    env = embedded_env(workdir / "data", tiny_models, extra_workflows, receiver)
+    env.pop("CALLBACK_ALLOWLIST", None)
+    env.pop("WEBHOOK_SECRET", None)
+    env.update(extra)
+    api = serve(env, workdir)
+    api.data_dir = workdir / "data"  # type: ignore[attr-defined]
+    return api
+
+
+@pytest.fixture(scope="module")
+def allowed_api(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_models: dict[str, Path],
+    extra_workflows: Path,
+    receiver: Receiver,
+) -> Iterator[Api]:
+    """Loopback allow-listed (as a developer's own machine would be); a generated secret."""
+    api = _serve(
+        tmp_path_factory, tiny_models, extra_workflows, receiver, CALLBACK_ALLOWLIST="127.0.0.1"
+    )
+    yield api
+    stop(api.proc)
+
+
+@pytest.fixture(scope="module")
+def strict_api(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_models: dict[str, Path],
+    extra_workflows: Path,
+    receiver: Receiver,
+) -> Iterator[Api]:
+    """No allowlist: every internal address is refused (the default)."""
+    api = _serve(tmp_path_factory, tiny_models, extra_workflows, receiver, WEBHOOK_SECRET=SECRET)
+    yield api
+    stop(api.proc)
+
+
+def client(api: Api) -> httpx.Client:
+    return httpx.Client(base_url=api.url, headers={"authorization": f"Bearer {TOKEN}"}, timeout=30)
+
+
+def submit(api: Api, callback_url: str | None) -> httpx.Response:
+    body: dict[str, Any] = {"workflow": "dag-join", "user_id": "hooks", "input": {"word": "hi"}}
+    if callback_url is not None:
+        body["callback_url"] = callback_url
+    with client(api) as c:
+        return c.post("/v1/tasks", json=body)
+
+
+def attempts(api: Api, task_id: str, count: int, timeout: float = 30) -> list[dict[str, Any]]:
+    """The recorded tries, once there are ``count`` (a try is recorded after its answer)."""
+    deadline = time.monotonic() + timeout
+    with client(api) as c:
+        while True:
+            response = c.get(f"/v1/tasks/{task_id}/callbacks")
+            assert response.status_code == 200, response.text
+            found: list[dict[str, Any]] = response.json()["attempts"]
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.2)
+
+
+def test_delivery_is_signed(allowed_api: Api, hooks: Hooks) -> None:
+    response = submit(allowed_api, hooks.url + "/signed")
+    assert response.status_code == 202, response.text
+    task_id = response.json()["task_id"]
+    (call,) = hooks.wait("/signed", 1)
+    headers, raw = call["headers"], call["raw"]
+    assert call["body"]["task_id"] == task_id
+    assert headers["webhook-id"] == f"{task_id}:completed"
+    assert abs(int(headers["webhook-timestamp"]) - time.time()) < 120
+    secret = (allowed_api.data_dir / "webhook-secret").read_text().strip()  # type: ignore[attr-defined]
+    assert verify(secret, headers, raw)
+    assert not verify(SECRET, headers, raw)
+    assert secret not in json.dumps(call["body"])
+    (attempt,) = attempts(allowed_api, task_id, 1)
+    assert attempt["status_code"] == 200
+    assert attempt["webhook_id"] == f"{task_id}:completed"
+    assert attempt["attempt"] == 1
+    assert attempt["error"] is None
+    assert attempt["latency_ms"] >= 0
+    assert attempt["url"] == hooks.url + "/signed"
+
+
+def test_retried_delivery_keeps_its_id_and_every_try_is_listed(
+    allowed_api: Api, hooks: Hooks
+) -> None:
+    hooks.answers["/flaky"] = [503]
+    task_id = submit(allowed_api, hooks.url + "/flaky").json()["task_id"]
+    first, second = hooks.wait("/flaky", 2)
+    assert (first["answered"], second["answered"]) == (503, 200)
+    assert first["headers"]["webhook-id"] == second["headers"]["webhook-id"]
+    secret = (allowed_api.data_dir / "webhook-secret").read_text().strip()  # type: ignore[attr-defined]
+    assert verify(secret, second["headers"], second["raw"])
+    listed = attempts(allowed_api, task_id, 2)
+    assert [(a["attempt"], a["status_code"]) for a in listed] == [(1, 503), (2, 200)]
+    assert listed[0]["webhook_id"] == listed[1]["webhook_id"] == f"{task_id}:completed"
+    assert listed[0]["created_at"] <= listed[1]["created_at"]
+
+
+def test_redirect_is_not_followed(allowed_api: Api, hooks: Hooks) -> None:
+    hooks.answers["/moved"] = [302]
+    task_id = submit(allowed_api, hooks.url + "/moved").json()["task_id"]
+    hooks.wait("/moved", 1)
+    (attempt,) = attempts(allowed_api, task_id, 1)
+    assert attempt["status_code"] == 302
+    time.sleep(1.5)  # a retry or a followed redirect would have come by now
+    assert [c for c in hooks.calls if c["path"] in ("/followed",)] == []
+    assert len([c for c in hooks.calls if c["path"] == "/moved"]) == 1
+    assert len(attempts(allowed_api, task_id, 2, timeout=0)) == 1
+
+
+def test_unknown_task_has_no_callbacks(allowed_api: Api) -> None:
+    with client(allowed_api) as c:
+        assert c.get(f"/v1/tasks/{uuid.uuid4()}/callbacks").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.5/hook",
+        "http://localhost:9/hook",
+        "http://[::1]:9/hook",
+    ],
+)
+def test_internal_callback_urls_are_refused_at_submission(strict_api: Api, url: str) -> None:
+    response = submit(strict_api, url)
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["code"] == "invalid_callback_url"
+    assert body["field"] == "callback_url"
+    assert "CALLBACK_ALLOWLIST" in body["message"]
+
+
+def test_allowlisted_loopback_is_accepted(allowed_api: Api, hooks: Hooks) -> None:
+    assert submit(allowed_api, hooks.url + "/accepted").status_code == 202
+    # Not allow-listed there: other private ranges stay refused.
+    assert submit(allowed_api, "http://10.0.0.5/hook").status_code == 422
+
+
+def test_refused_at_delivery_is_recorded_and_not_retried(strict_api: Api) -> None:
+    # MARKETPLACE_CALLBACK (the tests' loopback receiver) is checked when delivering.
+    task_id = submit(strict_api, None).json()["task_id"]
+    (attempt,) = attempts(strict_api, task_id, 1)
+    assert attempt["status_code"] is None
+    assert attempt["error"].startswith("refused: ")
+    assert "loopback" in attempt["error"]
+    time.sleep(1.5)
+    assert len(attempts(strict_api, task_id, 2, timeout=0)) == 1
+    log = strict_api.proc.output()
+    assert f"callback for task {task_id} not sent" in log
+    assert SECRET not in log
