@@ -16,6 +16,10 @@ logging.getLogger().setLevel(settings.log_level.upper())
 configure_root(settings.log_format)
 broker = setup_broker(settings)
 
+from actors.webhooks import secret_key, webhook_secret  # noqa: E402
+
+secret_key(webhook_secret(settings))  # a worker that cannot sign callbacks must not start
+
 from actors.audio_models import configure_cache, set_cache_size  # noqa: E402  (no torch yet)
 from actors.warmup import start_warmup  # noqa: E402
 

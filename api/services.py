@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import dramatiq
 
+from actors.webhooks import secret_key, webhook_secret
 from aimarket.backends import Media, State, api_token, database_url, make_media, make_state
 from aimarket.broker import setup_broker
 from aimarket.settings import Settings
@@ -40,6 +41,8 @@ class Services:
         Raises SettingsError or WorkflowError, so a broken deployment refuses to start.
         """
         token = api_token(settings)
+        # Fail at start, not at the first callback, when the signing secret is missing or bad.
+        secret_key(webhook_secret(settings))
         broker = setup_broker(settings)
         from actors.registry import STAGE_QUEUES
 

@@ -390,6 +390,7 @@ def service_env(backends: Backends) -> dict[str, str]:
         AWS_ACCESS_KEY="testing",
         AWS_SECRET_KEY="testing",
         MARKETPLACE_TOKEN=TOKEN,
+        WEBHOOK_SECRET="whsec_" + "b" * 43 + "=",
         LOG_LEVEL="WARNING",
         # The API runs the code of the tree this file is in, as the baseline does, even when
         # the installed (editable) package points at another checkout.
