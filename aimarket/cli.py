@@ -69,9 +69,21 @@ def serve(host: str | None, port: int | None) -> None:
 )
 @click.option("--processes", "-p", type=int, default=1, show_default=True)
 @click.option(
-    "--threads", "-t", type=int, default=None, help="Per process; default 1 on a GPU queue, else 8."
+    "--threads",
+    "-t",
+    type=int,
+    default=None,
+    help="Per process; on GPU queues BATCH_MAX_SIZE (they wait on one generation thread), else 8.",
 )
 @click.option("--warmup", is_flag=True, help="Load and try the models of the GPU queues at start.")
+@click.option(
+    "--shutdown-timeout",
+    type=click.FloatRange(0, 86400),
+    default=600.0,
+    show_default=True,
+    help="Seconds a stopping worker (SIGTERM) lets running stages finish; keep it under the "
+    "orchestrator's grace period (a stage still running then is redelivered elsewhere).",
+)
 @click.option(
     "--ready-file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -89,6 +101,7 @@ def worker(
     processes: int,
     threads: int | None,
     warmup: bool,
+    shutdown_timeout: float,
     ready_file: Path | None,
     metrics_port: int | None,
 ) -> None:
@@ -116,6 +129,7 @@ def worker(
         # another worker could start.
         os.environ.setdefault("dramatiq_queue_prefetch", str(threads))
     argv = ["aimarket.worker_boot", "-p", str(processes), "-t", str(threads), "-Q", *names]
+    argv += ["--worker-shutdown-timeout", str(int(shutdown_timeout * 1000))]
     argv += _worker_metrics(metrics_port) if metrics_port is not None else []
     from actors.warmup import READY_FILE_ENV, WARMUP_ENV
 
