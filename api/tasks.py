@@ -6,15 +6,17 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
+from typing import NamedTuple
 
 import anyio
 import anyio.to_thread
 import msgspec
 from litestar import Controller, Response, get, post
 from litestar.exceptions import NotFoundException
+from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
-from litestar.status_codes import HTTP_202_ACCEPTED
+from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
 from aimarket.settings import Settings
 from aimarket.ssrf import Unresolvable, UnsafeURL, check_url
@@ -22,7 +24,7 @@ from aimarket.task_view import TaskList, TaskOut, task_view
 from api.errors import ApiError, error_response
 from api.schemas import CreateTask
 from api.services import Services
-from db import callbacks, stage_runs
+from db import callbacks, idempotency, stage_runs
 from db.models import Task, TaskStatus
 from db.tasks import finish_task, get_task, insert_task, recent_tasks, utcnow
 from workflows.inputs import InputError, validate_input
@@ -67,11 +69,44 @@ async def _check_callback_url(url: str | None, settings: Settings) -> None:
         raise ApiError(422, "invalid_callback_url", str(exc), "callback_url") from None
 
 
-async def submit_task(services: Services, data: CreateTask) -> Task:
+class Submitted(NamedTuple):
+    task: Task
+    #: True when an earlier submission with the same Idempotency-Key made ``task``.
+    replayed: bool
+
+
+async def submit_task(
+    services: Services, data: CreateTask, idempotency_key: str | None = None
+) -> Task:
     """Validate, record, then queue one task; the one way in for the API and the CLI.
 
     Raises ApiError (with code and field) for anything refused; nothing is stored then.
+    With an ``idempotency_key`` already used by this user, returns that task (see submit).
     """
+    return (await submit(services, data, idempotency_key)).task
+
+
+async def submit(
+    services: Services, data: CreateTask, idempotency_key: str | None = None
+) -> Submitted:
+    """submit_task, telling whether the task is a replay.
+
+    With an ``idempotency_key``: a key this user already used with the same body gives back
+    that task (nothing new is stored or queued); with another body, a 409. Of concurrent
+    submissions with one key, the unique index on (user_id, idempotency_key) lets one insert;
+    the others read and return its task.
+    """
+    body_hash = None
+    if idempotency_key is not None:
+        _check_key(idempotency_key)
+        body_hash = idempotency.request_hash(
+            data.workflow, data.user_id, data.input, data.callback_url
+        )
+        # Before validation: a replay costs one indexed read, no DNS look-up of callback_url.
+        earlier = await idempotency.task_by_key(services.db, data.user_id, idempotency_key)
+        if earlier is not None:
+            return Submitted(_same_body(earlier, body_hash), replayed=True)
+
     workflow = services.workflows.get(data.workflow)
     if workflow is None:
         known = ", ".join(sorted(services.workflows))
@@ -98,8 +133,16 @@ async def submit_task(services: Services, data: CreateTask) -> Task:
         outputs=[],
         audio_s=0.0,
         created_at=utcnow(),
+        idempotency_key=idempotency_key,
+        request_hash=body_hash,
     )
-    await insert_task(services.db, task)
+    if idempotency_key is None:
+        await insert_task(services.db, task)
+    else:
+        task, inserted = await idempotency.insert_task_once(services.db, task)
+        if not inserted:
+            assert body_hash is not None
+            return Submitted(_same_body(task, body_hash), replayed=True)
     # Sent only after the commit above, so a worker never sees a task that is not there.
     # pika blocks: publish from a thread, never on the event loop.
     plan = services.plans[workflow.name]
@@ -114,7 +157,33 @@ async def submit_task(services: Services, data: CreateTask) -> Task:
             error_code="queue_unavailable",
             error_message="the task could not be queued; submit it again",
         )
+        if idempotency_key is not None:
+            # "Submit it again" must then work with the same key, not replay this failure.
+            await idempotency.release_key(services.db, task.id)
         raise ApiError(503, "queue_unavailable", "the queue is unavailable; retry later") from None
+    return Submitted(task, replayed=False)
+
+
+def _check_key(key: str) -> None:
+    if not key or len(key) > idempotency.MAX_KEY_LENGTH:
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"the Idempotency-Key must be 1 to {idempotency.MAX_KEY_LENGTH} characters",
+            "Idempotency-Key",
+        )
+
+
+def _same_body(task: Task, body_hash: str) -> Task:
+    """``task`` when it was submitted with this body, else the 409 of a reused key."""
+    if task.request_hash != body_hash:
+        raise ApiError(
+            409,
+            "idempotency_conflict",
+            f"this Idempotency-Key was already used for task {task.id} with another body; "
+            "use a new key for a new request",
+            "Idempotency-Key",
+        )
     return task
 
 
@@ -127,15 +196,55 @@ class TaskController(Controller):
         status_code=HTTP_202_ACCEPTED,
         summary="Submit a task",
         description="Validates the input against the workflow's schema, records the task and "
-        "queues it. Answers at once; poll GET /v1/tasks/{task_id} or wait for the callback.",
+        "queues it. Answers at once; poll GET /v1/tasks/{task_id} or wait for the callback.\n\n"
+        "With an `Idempotency-Key` header, submitting again with the same key and body (a "
+        "retry after a timeout) returns the task the first submission made, with status 200 "
+        "and its current view; nothing new is queued. Keys are kept with their task, well over "
+        "24 hours. The same key with another body is a 409.",
         responses={
-            400: error_response("Malformed JSON or a body of the wrong shape"),
+            200: ResponseSpec(
+                data_container=TaskOut,
+                description="A replay: this key was already used with this body; the current "
+                "view of the task it made",
+            ),
+            400: error_response(
+                "Malformed JSON, a body of the wrong shape, or an empty or over-long "
+                "Idempotency-Key"
+            ),
+            409: error_response("The Idempotency-Key was already used with another body"),
+            413: error_response("The body is over the size limit (1 MB)"),
             422: error_response("Unknown workflow, invalid input or invalid callback URL"),
             503: error_response("The queue is unavailable; nothing was queued"),
         },
     )
-    async def create(self, data: CreateTask, services: Services) -> Response[TaskOut]:
-        task = await submit_task(services, data)
+    async def create(
+        self,
+        data: CreateTask,
+        services: Services,
+        idempotency_key: str | None = Parameter(
+            header="Idempotency-Key",
+            required=False,
+            # No min/max_length here: Litestar would name the field `idempotency_key` in its
+            # 400; submit() checks the length and names the header.
+            description="Any string unique per request of this user (a UUID, say), 1 to "
+            f"{idempotency.MAX_KEY_LENGTH} characters. A retry with the same key and body "
+            "returns the original task instead of a new one.",
+        ),
+    ) -> Response[TaskOut]:
+        submitted = await submit(services, data, idempotency_key)
+        task = submitted.task
+        if submitted.replayed:
+            # 200, not 202: nothing was accepted by this request, and the view may already be
+            # that of a running or finished task. It is still the same resource, so Location
+            # stays (a client that follows it after either answer needs no special case), and
+            # Idempotent-Replayed says outright that this is a replay.
+            live = None if TaskStatus(task.status).terminal else await services.state.get(task.id)
+            runs = await stage_runs.runs(services.db, task.id)
+            return Response(
+                task_view(task, services.store, live, runs),
+                status_code=HTTP_200_OK,
+                headers={"location": f"/v1/tasks/{task.id}", "idempotent-replayed": "true"},
+            )
         return Response(
             task_view(task, services.store),
             status_code=HTTP_202_ACCEPTED,

@@ -45,7 +45,11 @@ class TaskStatus(enum.StrEnum):
 
 class Task(Base):
     __tablename__ = "tasks"
-    __table_args__ = (Index("ix_tasks_user_created", "user_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_tasks_user_created", "user_id", "created_at"),
+        # One task per (user, Idempotency-Key). NULL keys never collide (Postgres and SQLite).
+        Index("ux_tasks_user_idempotency_key", "user_id", "idempotency_key", unique=True),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     workflow: Mapped[str] = mapped_column(String(100))
@@ -66,6 +70,11 @@ class Task(Base):
     processing_s: Mapped[float | None] = mapped_column(Float)
     #: Seconds of audio produced, summed by the stats endpoint.
     audio_s: Mapped[float] = mapped_column(Float, default=0.0)
+    #: The client's Idempotency-Key of POST /v1/tasks (None without one). Rows are never
+    #: deleted, so a key is remembered for as long as its task is (well over 24 hours).
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    #: SHA-256 (hex) of the canonical request body sent with that key (db.idempotency).
+    request_hash: Mapped[str | None] = mapped_column(String(64))
 
 
 class RunStatus(enum.StrEnum):
