@@ -14,7 +14,10 @@ stream, and the same seed must give the same audio whatever else is queued.
 
 Failures stay with their request: when a batch fails, its requests are retried one by one, so
 one bad request cannot fail its batch-mates. Out of memory halves the batch size (it grows
-back by one after each batch that fits) and the failed batch is retried in halves.
+back by one after each batch that fits) and the failed batch is retried in halves. A request
+whose task is cancelled stops its batch at the next decoding step (its progress callback
+raises ``TaskCancelled``): that request ends with the error, and the rest of the batch runs
+again without it.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from actors.progress import TaskCancelled
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,8 @@ class Request:
     params: Mapping[str, Any] = field(default_factory=dict)
     progress: Progress | None = None
     future: Future[Clip] = field(default_factory=Future)
+    #: Set when its progress callback raised TaskCancelled: the request is over.
+    cancelled: TaskCancelled | None = None
 
     def key(self, bucket_s: float) -> tuple[Any, ...]:
         """Requests with the same key may share a batch."""
@@ -138,7 +145,15 @@ class Batcher:
         try:
             clips = self._decode(batch)
         except BaseException as exc:
-            if len(batch) > 1 and is_out_of_memory(exc):
+            stopped = [r for r in batch if r.cancelled is not None]
+            if stopped:
+                # A cancelled task stopped the decoding: it ends; its batch-mates run again.
+                for request in stopped:
+                    request.future.set_exception(request.cancelled or exc)
+                rest = [r for r in batch if r.cancelled is None]
+                if rest:
+                    self._run(rest)
+            elif len(batch) > 1 and is_out_of_memory(exc):
                 self.limit = max(1, len(batch) // 2)
                 log.warning("out of memory at batch %d; batch size now %d", len(batch), self.limit)
                 half = len(batch) // 2
@@ -166,7 +181,11 @@ class Batcher:
         def progress(done: int, total: int) -> None:
             for request in batch:
                 if request.progress is not None:
-                    request.progress(done, total)
+                    try:
+                        request.progress(done, total)
+                    except TaskCancelled as exc:
+                        request.cancelled = exc
+                        raise
 
         samples, rate = self._generate(
             first.kind,

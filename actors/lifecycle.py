@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dramatiq
 import msgspec
@@ -18,6 +18,9 @@ from aimarket.task_view import task_view
 from db.models import Task, TaskStatus
 from db.tasks import finish_task, get_task
 from workflows.inputs import InputError, validate_input
+
+if TYPE_CHECKING:
+    from workflows.compiler import Plan
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,15 @@ async def aggregate(
     outputs: list[dict[str, Any]] = list((previous or {}).get("outputs", []))
     res = resources()
     audio_s = sum(float(o["duration_s"] or 0.0) for o in outputs if o.get("duration_s"))
-    await finish_task(res.db, task_id, TaskStatus.SUCCEEDED, outputs=outputs, audio_s=audio_s)
+    ended = await finish_task(
+        res.db, task_id, TaskStatus.SUCCEEDED, outputs=outputs, audio_s=audio_s
+    )
+    if not ended:
+        task = await get_task(res.db, task_id)
+        if task is None or task.status != TaskStatus.SUCCEEDED:
+            # Cancelled (or failed) meanwhile: the run stops here, so the stages after it (the
+            # callback) do not tell the client a second time.
+            raise TaskGone(task_id, task.status if task else None)
     await res.state.set_result(task_id, {"status": TaskStatus.SUCCEEDED, "outputs": outputs})
     return {}
 
@@ -77,6 +88,21 @@ async def fail(task_id: str, stage_id: str, code: str, message: str) -> None:
         await asyncio.to_thread(plan.handlers(res.broker, task_id, failed=True).run)
     else:
         callback.send(task_id, task.workflow, "callback")
+
+
+def announce_cancelled(
+    broker: dramatiq.Broker, task_id: str, workflow: str, plan: Plan | None
+) -> None:
+    """Tell the client that a task was cancelled (once: after the cancel that ended it).
+
+    A workflow with ``finally`` handlers runs them (the workflow says how its client is told;
+    ``on_failure`` does not run: a cancel is not a failure); any other gets the callback.
+    Blocking (a confirmed publish): call it from a thread.
+    """
+    if plan is not None and plan.finally_:
+        plan.handlers(broker, task_id, failed=False).run()  # type: ignore[no-untyped-call]
+    else:
+        broker.enqueue(callback.message(task_id, workflow, "callback"))
 
 
 def callback_target(task: Task) -> str | None:

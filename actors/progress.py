@@ -1,17 +1,36 @@
 """Decoding progress from audiocraft's callback (called in the model's thread at every step)
-to the task's short-lived state, at a bounded rate."""
+to the task's short-lived state, at a bounded rate; and the stop of a cancelled generation.
+
+The callback is the one place where code of ours runs inside audiocraft's decoding loop, so
+it is where a cancel takes effect: each publish of progress also reads the task's cancel mark
+(``State.is_cancelled``), at most every ``MIN_INTERVAL_S``, into a local flag; the next step
+that sees the flag raises :class:`TaskCancelled`, which unwinds the model's ``generate`` (its
+lock is released by the ``with``) and ends the stage. No step ever waits on the state.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent.futures import Future
 from typing import Any
 
+from actors.errors import StageError
 from aimarket.backends import State
 
-#: Seconds between two published updates of one task (the last step is always published).
+#: Seconds between two published updates of one task (the last step is always published),
+#: and so between two reads of its cancel mark.
 MIN_INTERVAL_S = 0.25
+
+
+class TaskCancelled(StageError):
+    """The task was cancelled while this stage ran it: the stage stops, and nothing retries
+    it (the task has already ended ``cancelled``; the cancel told the client)."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__("cancelled", f"task {task_id} was cancelled")
+        self.task_id = task_id
 
 
 class ProgressReporter:
@@ -21,8 +40,19 @@ class ProgressReporter:
         self.state, self.task_id, self.stage_id, self.loop = state, task_id, stage_id, loop
         self._last = 0.0
         self._pending: Future[Any] | None = None
+        self._cancelled = threading.Event()
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the task is known to be cancelled (set from any thread)."""
+        return self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
 
     def __call__(self, done: int, total: int) -> None:
+        if self._cancelled.is_set():
+            raise TaskCancelled(self.task_id)
         now = time.monotonic()
         final = total > 0 and done >= total
         if not final and now - self._last < MIN_INTERVAL_S:
@@ -31,5 +61,9 @@ class ProgressReporter:
             return  # the previous update is still on its way: skip rather than queue up
         self._last = now
         fraction = min(1.0, done / total) if total > 0 else 0.0
-        coro = self.state.set_progress(self.task_id, self.stage_id, fraction)
-        self._pending = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        self._pending = asyncio.run_coroutine_threadsafe(self._publish(fraction), self.loop)
+
+    async def _publish(self, fraction: float) -> None:
+        await self.state.set_progress(self.task_id, self.stage_id, fraction)
+        if await self.state.is_cancelled(self.task_id):
+            self._cancelled.set()

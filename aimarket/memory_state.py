@@ -16,6 +16,7 @@ class MemoryState:
         self._lock = threading.Lock()
         self._tasks: dict[str, tuple[float, dict[str, Any]]] = {}
         self._blobs: dict[str, tuple[float, bytes]] = {}
+        self._cancelled: dict[str, float] = {}  # task id -> expiry
 
     def _task(self, task_id: str) -> dict[str, Any]:
         # Called with the lock held; drops expired entries as it goes.
@@ -40,6 +41,17 @@ class MemoryState:
     async def set_result(self, task_id: str, result: dict[str, Any]) -> None:
         with self._lock:
             self._task(task_id)["result"] = result
+
+    async def set_cancelled(self, task_id: str) -> None:
+        with self._lock:
+            now = time.monotonic()
+            for key in [k for k, exp in self._cancelled.items() if exp < now]:
+                del self._cancelled[key]
+            self._cancelled[task_id] = now + self.ttl_s
+
+    async def is_cancelled(self, task_id: str) -> bool:
+        with self._lock:
+            return self._cancelled.get(task_id, 0.0) >= time.monotonic()
 
     async def get(self, task_id: str) -> dict[str, Any]:
         with self._lock:

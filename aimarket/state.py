@@ -19,6 +19,10 @@ def _task_key(task_id: str) -> str:
     return f"{PREFIX}:task:{task_id}"
 
 
+def _cancel_key(task_id: str) -> str:
+    return f"{PREFIX}:cancel:{task_id}"
+
+
 def blob_key(task_id: str, stage_id: str, index: int) -> str:
     return f"{PREFIX}:blob:{task_id}:{stage_id}:{index}"
 
@@ -58,6 +62,13 @@ class TaskState:
             pipe.hset(key, mapping={"result": msgspec.json.encode(result)})
             pipe.expire(key, self.ttl_s)
             await pipe.execute()
+
+    async def set_cancelled(self, task_id: str) -> None:
+        """Mark the task cancelled, for the generation that may be running it right now."""
+        await self.redis.set(_cancel_key(task_id), b"1", ex=self.ttl_s)
+
+    async def is_cancelled(self, task_id: str) -> bool:
+        return bool(await self.redis.exists(_cancel_key(task_id)))
 
     async def get(self, task_id: str) -> dict[str, Any]:
         """``{"stages": {id: entry}, "result": {...}}`` or empty when nothing is kept."""

@@ -22,6 +22,7 @@ from aimarket.broker import is_embedded
 from aimarket.logs import bind, litestar_logging, route_uvicorn_to_root
 from aimarket.settings import Settings, get_settings
 from api.auth import require_token
+from api.cancel import cancel_task
 from api.embedded import resume_unfinished, start_worker, stop_worker
 from api.errors import HANDLERS
 from api.health import live, ready
@@ -79,7 +80,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     v1 = Router(
         path="/",
-        route_handlers=[TaskController, stats, list_workflows, upload_audio],
+        route_handlers=[TaskController, cancel_task, stats, list_workflows, upload_audio],
         guards=[require_token],
         security=[{"bearer": []}],
         before_request=bind_request_context,

@@ -1,0 +1,93 @@
+"""POST /v1/tasks/{task_id}/cancel: end a task that has not ended yet.
+
+The cancel ends the task's row ``cancelled`` at once (the same "first ending wins" transition
+as every ending, so a task that succeeds or fails at the same instant is either cancelled or
+answered 409, never both), then marks it in the short-lived state for a generation that is
+decoding it (it stops at its next decoding step, see ``actors/progress.py``), then tells the
+client. What is still queued is dropped when a worker takes it: pipeline stages find the task
+ended (``active_task``), DAG stages are not started (``run_stage``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+from litestar import Response, post
+from litestar.exceptions import NotFoundException
+from litestar.status_codes import HTTP_202_ACCEPTED
+
+from actors.lifecycle import announce_cancelled
+from aimarket.task_view import TaskOut, task_view
+from api.errors import ApiError, error_response
+from api.services import Services
+from db.models import TaskStatus
+from db.tasks import finish_task, get_task
+
+log = logging.getLogger(__name__)
+
+CANCEL_MESSAGE = "cancelled by the client"
+
+
+async def _keep(response: Response[Any]) -> Response[Any]:
+    """This route's ``after_request``: replaces the router's, which counts every 202 carrying
+    a task view as a submission."""
+    return response
+
+
+@post(
+    "/v1/tasks/{task_id:str}/cancel",
+    status_code=HTTP_202_ACCEPTED,
+    tags=["tasks"],
+    summary="Cancel a task",
+    description="Ends a queued or running task `cancelled`: a queued task never starts, a "
+    "running generation stops at its next decoding step, and the client is called back (as "
+    "for any ending). Answers with the task's view.",
+    responses={
+        404: error_response("No such task"),
+        409: error_response("The task has already ended (code `already_finished`)"),
+    },
+    after_request=_keep,
+)
+async def cancel_task(task_id: str, services: Services) -> Response[TaskOut]:
+    task = await get_task(services.db, task_id) if _is_uuid(task_id) else None
+    if task is None:
+        raise NotFoundException(f"no task '{task_id}'")
+    ended = not TaskStatus(task.status).terminal and await finish_task(
+        services.db,
+        task_id,
+        TaskStatus.CANCELLED,
+        error_code="cancelled",
+        error_message=CANCEL_MESSAGE,
+    )
+    if not ended:
+        task = await get_task(services.db, task_id) or task
+        raise ApiError(409, "already_finished", f"task {task_id} has already ended: {task.status}")
+    try:
+        await services.state.set_cancelled(task_id)
+    except Exception as exc:  # the row says cancelled: nothing else will run after this stage
+        log.warning("could not mark task %s cancelled for a running stage: %s", task_id, exc)
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.run_in_executor(
+            services.publisher,
+            announce_cancelled,
+            services.broker,
+            task_id,
+            task.workflow,
+            services.plans.get(task.workflow),
+        )
+    except Exception as exc:
+        log.error("could not queue the callback of cancelled task %s: %s", task_id, exc)
+    task = await get_task(services.db, task_id) or task
+    return Response(task_view(task, services.store), status_code=HTTP_202_ACCEPTED)
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
