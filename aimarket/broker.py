@@ -20,7 +20,7 @@ from aimarket.settings import Settings
 _broker: dramatiq.Broker | None = None
 
 
-def setup_broker(settings: Settings) -> dramatiq.Broker:
+def setup_broker(settings: Settings, *, publisher: bool = False) -> dramatiq.Broker:
     """Create the broker, make it the global one and register every stage actor on it.
 
     Idempotent: actors register at import time, so a process has exactly one broker.
@@ -29,6 +29,12 @@ def setup_broker(settings: Settings) -> dramatiq.Broker:
     if _broker is not None:
         return _broker
     url = settings.rabbitmq_url
+    if url is not None and publisher:
+        # A process that only publishes (the API) uses its connections now and then, and
+        # blocking pika sends heartbeats only while a connection is in use: RabbitMQ would
+        # close an idle one for missed heartbeats, and the next publish would stall on the
+        # dead socket for minutes. Without heartbeats the connection simply stays open.
+        url += "?heartbeat=0"
     # Embedded mode (no RabbitMQ): messages stay in this process, whose API runs the workers.
     # confirm_delivery: a 202 means RabbitMQ has the message, not that pika buffered it.
     from actors.failures import TaskFailures

@@ -19,7 +19,6 @@ from litestar import Response, post
 from litestar.exceptions import NotFoundException
 from litestar.status_codes import HTTP_202_ACCEPTED
 
-from actors.lifecycle import announce_cancelled
 from aimarket.task_view import TaskOut, task_view
 from api.errors import ApiError, error_response
 from api.services import Services
@@ -69,6 +68,9 @@ async def cancel_task(task_id: str, services: Services) -> Response[TaskOut]:
         await services.state.set_cancelled(task_id)
     except Exception as exc:  # the row says cancelled: nothing else will run after this stage
         log.warning("could not mark task %s cancelled for a running stage: %s", task_id, exc)
+    # Imported here: actor modules must load after Services.build has set the broker up.
+    from actors.lifecycle import announce_cancelled
+
     loop = asyncio.get_running_loop()
     try:
         await loop.run_in_executor(

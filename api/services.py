@@ -43,7 +43,7 @@ class Services:
         token = api_token(settings)
         # Fail at start, not at the first callback, when the signing secret is missing or bad.
         secret_key(webhook_secret(settings))
-        broker = setup_broker(settings)
+        broker = setup_broker(settings, publisher=True)
         from actors.registry import STAGE_QUEUES
 
         workflows = load_configured(settings)

@@ -120,3 +120,15 @@ def test_worker_without_rabbitmq_explains_embedded_mode(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "RABBITMQ_HOST is not set" in result.stderr
     assert "embedded mode" in result.stderr
+
+
+def test_importing_the_api_registers_no_actor_before_the_broker_is_set() -> None:
+    # An actor module imported before setup_broker() would register on Dramatiq's default
+    # broker, and the real one (embedded or RabbitMQ) would not know that actor.
+    code = (
+        "import sys, api.app, aimarket.cli; "
+        "mods = [m for m in ('actors.lifecycle', 'actors.generate', 'actors.dag', 'actors.all') "
+        "if m in sys.modules]; print(mods)"
+    )
+    result = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stderr
