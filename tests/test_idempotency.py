@@ -64,8 +64,10 @@ def test_replay_returns_the_same_task(client: httpx.Client, database_url: str) -
     assert again.headers["location"] == f"/v1/tasks/{task_id}"
     assert again.headers["idempotent-replayed"] == "true"
     assert again.json()["task_id"] == task_id
+    # The replay is the task's view now: a worker may have moved it on since the first answer.
     current = client.get(f"/v1/tasks/{task_id}").json()
-    assert again.json() == current
+    stable = ("task_id", "workflow", "user_id", "input", "created_at")
+    assert {k: again.json()[k] for k in stable} == {k: current[k] for k in stable}
     assert first.json()["task_id"] == current["task_id"]
     assert first.json()["input"] == again.json()["input"]
     assert rows_for(database_url, user) == 1
