@@ -17,7 +17,6 @@ import hmac
 import logging
 import secrets
 import time
-from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -26,6 +25,7 @@ from dramatiq.middleware import CurrentMessage
 
 from actors.resources import Resources
 from actors.retries import retryable
+from aimarket.backends import kept_secret
 from aimarket.settings import Settings, SettingsError
 from aimarket.ssrf import IPAddress, Unresolvable, UnsafeURL, safe_addresses
 from db.callbacks import next_attempt, record_attempt
@@ -44,18 +44,12 @@ def webhook_secret(settings: Settings) -> str:
     """WEBHOOK_SECRET; with an embedded database and none set, a random one kept in
     DATA_DIR/webhook-secret (as MARKETPLACE_TOKEN is). A deployment with a real database
     must set it (its receivers need to know it in advance)."""
-    if settings.webhook_secret:
-        return settings.webhook_secret
-    if settings.database_dsn is not None:
-        settings.require("WEBHOOK_SECRET")
-    path = Path(settings.data_dir).resolve() / "webhook-secret"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode())
-        tmp.chmod(0o600)
-        tmp.replace(path)
-    return path.read_text().strip()
+    return kept_secret(
+        settings,
+        "WEBHOOK_SECRET",
+        "webhook-secret",
+        lambda: SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode(),
+    )
 
 
 def secret_key(secret: str) -> bytes:

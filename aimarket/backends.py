@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -59,15 +60,23 @@ def api_token(settings: Settings) -> str:
     """MARKETPLACE_TOKEN; with an embedded database and no token set, a random one kept in
     DATA_DIR/token (so a newcomer can start with no configuration). A deployment with a real
     database must set it."""
-    if settings.marketplace_token:
-        return settings.marketplace_token
+    return kept_secret(settings, "MARKETPLACE_TOKEN", "token", lambda: secrets.token_urlsafe(24))
+
+
+def kept_secret(settings: Settings, variable: str, filename: str, make: Callable[[], str]) -> str:
+    """The setting ``variable`` when set; else, with an embedded database, a value made once by
+    ``make`` and kept (mode 600) in DATA_DIR/``filename``, so it survives restarts; with a real
+    database the setting is required (a deployment must choose its secrets)."""
+    value = getattr(settings, variable.lower())
+    if value:
+        return str(value)
     if settings.database_dsn is not None:
-        settings.require("MARKETPLACE_TOKEN")
-    path = Path(settings.data_dir).resolve() / "token"
+        settings.require(variable)
+    path = Path(settings.data_dir).resolve() / filename
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(secrets.token_urlsafe(24))
+        tmp.write_text(make())
         tmp.chmod(0o600)
         tmp.replace(path)
     return path.read_text().strip()
