@@ -182,10 +182,7 @@ def generate(
     (audiocraft's own callback): keep it cheap. ``params`` are sampling settings passed to
     ``set_generation_params`` (top_k, top_p, temperature, cfg_coef).
     """
-    if not prompts:
-        raise ValueError("prompts must not be empty")
-    if not duration > 0:
-        raise ValueError(f"duration must be > 0, got {duration!r}")
+    _check_request(prompts, duration)
     return _run(
         _entry(kind, name_or_dir, device),
         duration,
@@ -194,6 +191,13 @@ def generate(
         params,
         lambda model: model.generate(list(prompts), progress=progress is not None),
     )
+
+
+def _check_request(prompts: list[str], duration: float) -> None:
+    if not prompts:
+        raise ValueError("prompts must not be empty")
+    if not duration > 0:
+        raise ValueError(f"duration must be > 0, got {duration!r}")
 
 
 class ModelUnsupported(ValueError):
@@ -223,10 +227,7 @@ def generate_continuation(
     copied to the output unchanged. Same model cache, lock, seed, progress and ``params`` as
     :func:`generate`.
     """
-    if not prompts:
-        raise ValueError("prompts must not be empty")
-    if not duration > 0:
-        raise ValueError(f"duration must be > 0, got {duration!r}")
+    _check_request(prompts, duration)
     entry = _entry(kind, name_or_dir, device)
     import torch
     from audiocraft.data.audio_utils import convert_audio
@@ -288,10 +289,7 @@ def generate_melody(
     conditioner (e.g. ``musicgen-small``), :class:`ModelLoadError` as :func:`generate`.
     Melody checkpoints separate stems with demucs, which must be installed.
     """
-    if not prompts:
-        raise ValueError("prompts must not be empty")
-    if not duration > 0:
-        raise ValueError(f"duration must be > 0, got {duration!r}")
+    _check_request(prompts, duration)
     if kind != "musicgen":
         raise ModelUnsupported(f"melody conditioning needs a MusicGen model, not {kind}")
     entry = _entry(kind, name_or_dir, device)
