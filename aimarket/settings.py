@@ -141,6 +141,32 @@ class Settings(msgspec.Struct, kw_only=True, rename="upper", forbid_unknown_fiel
     #: loopback, link-local, private or reserved addresses (refused otherwise).
     callback_allowlist: str = ""
 
+    # --- Limits per user and back-pressure ------------------------------------------------
+    #: Tasks one user may submit per minute (0: no limit), shared by every API process
+    #: through Redis; a user over it gets 429 with Retry-After.
+    rate_limit_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 60
+    #: Submissions a user may make at once on top of the steady rate.
+    rate_limit_burst: Annotated[int, msgspec.Meta(ge=1)] = 10
+    #: Tasks of one user that may be queued or running at the same time (0: no limit); over
+    #: it, 429 with Retry-After.
+    max_active_tasks_per_user: Annotated[int, msgspec.Meta(ge=0)] = 20
+    #: Messages waiting in a queue a workflow uses beyond which new tasks of that workflow get
+    #: 503 with Retry-After instead of waiting for hours (0: no bound).
+    max_queue_depth: Annotated[int, msgspec.Meta(ge=0)] = 1000
+
+    # --- Deadlines, sweep and admin --------------------------------------------------------
+    #: Seconds a task may take from submission to its end, unless its workflow sets
+    #: ``deadline_s``; past it the task ends ``failed`` with code ``timeout``.
+    task_deadline_s: PositiveFloat = 3600.0
+    #: Seconds between two sweeps for stuck tasks (past their deadline, or whose work is gone).
+    sweep_interval_s: PositiveFloat = 60.0
+    #: A task with no sign of work (no stage started or finished) for this long is resumed once
+    #: (its messages were lost); a second time, it fails.
+    stuck_after_s: PositiveFloat = 900.0
+    #: Bearer token of the admin API (/v1/admin/...): dead letters, sweep. Unset: the admin
+    #: API answers 403. Must differ from MARKETPLACE_TOKEN.
+    admin_token: str | None = None
+
     @property
     def database_dsn(self) -> str | None:
         """The SQLAlchemy async URL, or None when no database is configured."""

@@ -98,7 +98,8 @@ def redis_db() -> int:
     need("Redis", REDIS)
     import redis
 
-    index = 11
+    # AIMARKET_TEST_REDIS_DB lets two test sessions run side by side (each flushes its own).
+    index = int(os.environ.get("AIMARKET_TEST_REDIS_DB", "11"))
     redis.Redis(host=REDIS[0], port=REDIS[1], db=index).flushdb()
     return index
 
@@ -213,6 +214,10 @@ def base_env(
         # Test receivers listen on loopback, which callbacks may reach only when allowed.
         CALLBACK_ALLOWLIST="127.0.0.1",
         WEBHOOK_SECRET="whsec_" + "a" * 43 + "=",
+        # Tests submit many tasks as one user, fast: the limit tests turn these back on.
+        RATE_LIMIT_PER_MINUTE="0",
+        MAX_ACTIVE_TASKS_PER_USER="0",
+        MAX_QUEUE_DEPTH="0",
     )
     return env
 
