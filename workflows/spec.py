@@ -159,6 +159,13 @@ class Workflow(msgspec.Struct, frozen=True, kw_only=True):
     on_failure: tuple[Stage, ...] = ()
     finally_: tuple[Stage, ...] = msgspec.field(default=(), name="finally")
     source: str = ""
+    #: Seconds a task of this workflow may take from submission to its end (None: the
+    #: TASK_DEADLINE_S setting); past it the task ends ``failed`` with code ``timeout``.
+    deadline_s: float | None = None
+
+    def deadline(self, default_s: float) -> float:
+        """This workflow's deadline in seconds, ``default_s`` (TASK_DEADLINE_S) when unset."""
+        return self.deadline_s if self.deadline_s is not None else default_s
 
     @property
     def all_stages(self) -> tuple[Stage, ...]:
