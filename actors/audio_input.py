@@ -5,11 +5,14 @@ Safety: audio is decoded in this process by libsndfile (soundfile) from memory, 
 shell or an external program (no ffmpeg); at most :data:`MAX_AUDIO_BYTES` are read from any
 source, at most :data:`MAX_AUDIO_S` seconds are decoded (the decoder stops there, so a
 highly compressed file cannot expand without bound), URLs are fetched without following
-redirects and with a timeout. This module imports neither torch nor audiocraft (the API
-process uses :func:`decode_audio` for uploads).
+redirects and with a timeout, and only from public addresses (the SSRF guard of
+``aimarket.ssrf``, checked right before the fetch, which then goes to the checked address;
+``AUDIO_URL_ALLOWLIST`` exempts hosts and ranges). This module imports neither torch nor
+audiocraft (the API process uses :func:`decode_audio` for uploads).
 
 Every refusal is a :class:`~actors.errors.StageError` with one of the codes
-``audio_unavailable`` (missing upload, unreachable URL, HTTP error, redirect, too big),
+``audio_unavailable`` (missing upload, unreachable URL, HTTP error, redirect, too big, a
+non-public address),
 ``not_audio`` (libsndfile cannot read it) and ``audio_too_long``.
 """
 
@@ -24,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from actors.errors import StageError
+from aimarket.ssrf import UnsafeURL, pinned, safe_addresses
 
 #: The most bytes read for one input (upload body, stored object or URL response).
 MAX_AUDIO_BYTES = 20 * 1024 * 1024
@@ -94,7 +98,7 @@ async def fetch_audio(ref: str, res: Any) -> tuple[npt.NDArray[np.float32], int]
     if ref.startswith(UPLOAD_PREFIX):
         data = await asyncio.to_thread(_read_upload, res.store, ref)
     else:
-        data = await _download(ref)
+        data = await _download(ref, res.settings.audio_url_allowlist)
     return await asyncio.to_thread(decode_audio, data)
 
 
@@ -125,19 +129,26 @@ def _read_upload(store: Any, ref: str) -> bytes:
     return data
 
 
-async def _download(url: str) -> bytes:
+async def _download(url: str, allowlist: str) -> bytes:
     import httpx
 
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise StageError("audio_unavailable", "audio URLs must be http(s) URLs with a host")
+    try:
+        addresses = await asyncio.to_thread(
+            safe_addresses, url, allowlist, what="audio URL", setting="AUDIO_URL_ALLOWLIST"
+        )
+    except UnsafeURL as exc:  # Unresolvable too: a retry is not worth a failed generation
+        raise StageError("audio_unavailable", str(exc)) from None
+    target, extra_headers, extensions = pinned(url, addresses)
     too_big = StageError(
         "audio_unavailable", f"the audio at the URL is over {MAX_AUDIO_BYTES} bytes"
     )
     try:
         async with (
             httpx.AsyncClient(timeout=FETCH_TIMEOUT_S, follow_redirects=False) as client,
-            client.stream("GET", url) as response,
+            client.stream("GET", target, headers=extra_headers, extensions=extensions) as response,
         ):
             if response.is_redirect:
                 raise StageError(

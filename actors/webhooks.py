@@ -27,7 +27,7 @@ from actors.resources import Resources
 from actors.retries import retryable
 from aimarket.backends import kept_secret
 from aimarket.settings import Settings, SettingsError
-from aimarket.ssrf import IPAddress, Unresolvable, UnsafeURL, safe_addresses
+from aimarket.ssrf import Unresolvable, UnsafeURL, pinned, safe_addresses
 from db.callbacks import next_attempt, record_attempt
 
 log = logging.getLogger(__name__)
@@ -79,26 +79,6 @@ def signed_headers(secret: str, webhook_id: str, timestamp: int, body: bytes) ->
     }
 
 
-def _pinned(
-    url: str, addresses: list[IPAddress] | None
-) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
-    """The URL to connect to: the checked address itself, so a DNS answer that changes after
-    the check (rebinding) cannot send the request elsewhere. The Host header and TLS SNI
-    (hence certificate checks) keep the name."""
-    target = httpx.URL(url)
-    if addresses is None:
-        return target, {}, {}
-    host = target.host
-    if host == str(addresses[0]):  # an IP literal already
-        return target, {}, {}
-    netloc = target.netloc.decode("ascii").rsplit("@", 1)[-1]
-    return (
-        target.copy_with(host=str(addresses[0])),
-        {"host": netloc},
-        {"sni_hostname": host} if target.scheme == "https" else {},
-    )
-
-
 def _last_try(exc: BaseException) -> bool:
     """Whether Dramatiq will not run this message again after ``exc``: the workflow stage's
     retry policy when the message has one, else the actor's own max_retries."""
@@ -142,7 +122,7 @@ async def deliver(
     except UnsafeURL as exc:
         error = f"refused: {exc}"
     else:
-        target, extra_headers, extensions = _pinned(url, addresses)
+        target, extra_headers, extensions = pinned(url, addresses)
         headers = signed_headers(secret, webhook_id, int(time.time()), body)
         try:
             async with httpx.AsyncClient(

@@ -140,6 +140,8 @@ class Settings(msgspec.Struct, kw_only=True, rename="upper", forbid_unknown_fiel
     #: Hosts and CIDR ranges (separated by commas) that callbacks may reach although they are
     #: loopback, link-local, private or reserved addresses (refused otherwise).
     callback_allowlist: str = ""
+    #: The same for audio input URLs (``audio_prompt``, ``melody``), which workers fetch.
+    audio_url_allowlist: str = ""
 
     # --- Limits per user and back-pressure ------------------------------------------------
     #: Tasks one user may submit per minute (0: no limit), shared by every API process

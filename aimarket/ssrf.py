@@ -1,10 +1,13 @@
-"""Server-side request forgery guard for callback URLs.
+"""Server-side request forgery guard for the URLs clients give: callback URLs (POSTed to)
+and audio input URLs (fetched).
 
-A callback URL comes from a client, and the service POSTs to it from inside its own network.
-A URL whose host is (or resolves to) a loopback, link-local (cloud metadata at
-169.254.169.254), private, unspecified, multicast or reserved address is refused, unless
-``CALLBACK_ALLOWLIST`` names the host or a range holding the address. The check runs when a
-task is submitted and again before every delivery (DNS answers can change in between).
+Both come from a client, and the service calls them from inside its own network. A URL whose
+host is (or resolves to) a loopback, link-local (cloud metadata at 169.254.169.254), private,
+unspecified, multicast or reserved address is refused, unless the allow-list setting
+(``CALLBACK_ALLOWLIST``, ``AUDIO_URL_ALLOWLIST``) names the host or a range holding the
+address. The check runs when a task is submitted and again right before each request (DNS
+answers can change in between), and the request then goes to the checked address
+(:func:`pinned`), so a DNS answer that changes between check and connect cannot redirect it.
 """
 
 from __future__ import annotations
@@ -93,32 +96,36 @@ def safe_addresses(
     url: str,
     allowlist: str | Iterable[str] | Allowlist | None,
     resolve: Resolver = socket.getaddrinfo,
+    *,
+    what: str = "callback_url",
+    setting: str = "CALLBACK_ALLOWLIST",
 ) -> list[IPAddress] | None:
     """The addresses ``url`` may be called at, all checked.
 
     None means "connect by name": the host is allow-listed by name. Raises UnsafeURL for a
     URL that is not http(s), has no host, does not resolve (:class:`Unresolvable`), or
     resolves to any address that is neither public nor allow-listed (one bad answer is
-    enough: a client could otherwise make the service pick it).
+    enough: a client could otherwise make the service pick it). ``what`` and ``setting`` name
+    the URL and its allow-list in the messages, which are safe to show to the client.
     """
     allowed = Allowlist.parse(allowlist)
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UnsafeURL("callback_url must be an http(s) URL with a host")
+        raise UnsafeURL(f"{what} must be an http(s) URL with a host")
     host = _norm_host(parts.hostname)
     if allowed.allows_host(host):
         return None
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
-        raise UnsafeURL("callback_url has an invalid port") from None
+        raise UnsafeURL(f"{what} has an invalid port") from None
     try:
         addresses: list[IPAddress] = [ipaddress.ip_address(host)]
     except ValueError:
         try:
             infos = resolve(host, port, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError) as exc:
-            raise Unresolvable(f"callback_url host '{host}' does not resolve ({exc})") from None
+            raise Unresolvable(f"{what} host '{host}' does not resolve ({exc})") from None
         addresses = []
         for info in infos:
             text = str(info[4][0]).split("%", 1)[0]  # drop an IPv6 zone id
@@ -129,14 +136,14 @@ def safe_addresses(
             if address not in addresses:
                 addresses.append(address)
         if not addresses:
-            raise Unresolvable(f"callback_url host '{host}' does not resolve") from None
+            raise Unresolvable(f"{what} host '{host}' does not resolve") from None
     for address in addresses:
         reason = unsafe_reason(address)
         if reason is not None and not allowed.allows_address(address):
             shown = host if str(address) == host else f"{host} ({address})"
             raise UnsafeURL(
-                f"callback_url points at a {reason} address: {shown}; such addresses are "
-                "refused unless CALLBACK_ALLOWLIST names them"
+                f"{what} points at a {reason} address: {shown}; such addresses are "
+                f"refused unless {setting} names them"
             )
     return addresses
 
@@ -145,6 +152,32 @@ def check_url(
     url: str,
     allowlist: str | Iterable[str] | Allowlist | None,
     resolve: Resolver = socket.getaddrinfo,
+    *,
+    what: str = "callback_url",
+    setting: str = "CALLBACK_ALLOWLIST",
 ) -> None:
     """Raises UnsafeURL unless ``url`` may be called (see :func:`safe_addresses`)."""
-    safe_addresses(url, allowlist, resolve)
+    safe_addresses(url, allowlist, resolve, what=what, setting=setting)
+
+
+def pinned(
+    url: str, addresses: list[IPAddress] | None
+) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """(URL, extra headers, httpx extensions) that make a request go to the checked address
+    itself, so a DNS answer that changes after the check (rebinding) cannot send it elsewhere.
+    The Host header and TLS SNI (hence certificate checks) keep the name. ``addresses`` None
+    (allow-listed by name) connects by name."""
+    import httpx
+
+    target = httpx.URL(url)
+    if addresses is None:
+        return url, {}, {}
+    host = target.host
+    if host == str(addresses[0]):  # an IP literal already
+        return url, {}, {}
+    netloc = target.netloc.decode("ascii").rsplit("@", 1)[-1]
+    return (
+        str(target.copy_with(host=str(addresses[0]))),
+        {"host": netloc},
+        {"sni_hostname": host} if target.scheme == "https" else {},
+    )

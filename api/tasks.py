@@ -6,7 +6,8 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import NamedTuple
+from functools import partial
+from typing import Any, NamedTuple
 
 import anyio
 import anyio.to_thread
@@ -28,6 +29,7 @@ from db import callbacks, idempotency, stage_runs
 from db.models import Task, TaskStatus
 from db.tasks import finish_task, get_task, insert_task, recent_tasks, utcnow
 from workflows.inputs import InputError, validate_input
+from workflows.spec import Workflow
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,31 @@ async def _check_callback_url(url: str | None, settings: Settings) -> None:
         return
     except UnsafeURL as exc:
         raise ApiError(422, "invalid_callback_url", str(exc), "callback_url") from None
+
+
+async def _check_audio_urls(
+    workflow: Workflow, clean_input: dict[str, Any], settings: Settings
+) -> None:
+    """Refuses an ``audio`` input given as a URL whose host is not public (the SSRF guard
+    also runs at the fetch, DNS can change); uploads (``upload:<id>``) need no check."""
+    for name, spec in workflow.input.items():
+        value = clean_input.get(name)
+        if spec.type != "audio" or not isinstance(value, str) or value.startswith("upload:"):
+            continue
+        try:
+            await anyio.to_thread.run_sync(
+                partial(
+                    check_url,
+                    value,
+                    settings.audio_url_allowlist,
+                    what="audio URL",
+                    setting="AUDIO_URL_ALLOWLIST",
+                )
+            )
+        except Unresolvable:
+            continue
+        except UnsafeURL as exc:
+            raise ApiError(422, "invalid_input", str(exc), f"input.{name}") from None
 
 
 class Submitted(NamedTuple):
@@ -121,6 +148,7 @@ async def submit(
     except InputError as exc:
         raise ApiError(422, "invalid_input", exc.message, exc.field) from None
     await _check_callback_url(data.callback_url, services.settings)
+    await _check_audio_urls(workflow, clean_input, services.settings)
 
     task = Task(
         id=str(uuid.uuid4()),

@@ -213,6 +213,7 @@ def base_env(
         TRANSFORMERS_OFFLINE="1",
         # Test receivers listen on loopback, which callbacks may reach only when allowed.
         CALLBACK_ALLOWLIST="127.0.0.1",
+        AUDIO_URL_ALLOWLIST="127.0.0.1",
         WEBHOOK_SECRET="whsec_" + "a" * 43 + "=",
         # Tests submit many tasks as one user, fast: the limit tests turn these back on.
         RATE_LIMIT_PER_MINUTE="0",

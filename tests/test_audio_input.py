@@ -10,6 +10,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -105,6 +106,9 @@ def test_decode_audio_limits() -> None:
 
 # --- URLs --------------------------------------------------------------------------------
 
+#: Paths the audio server was asked for.
+SERVED: list[str] = []
+
 
 @pytest.fixture(scope="module")
 def audio_server() -> Iterator[str]:
@@ -113,6 +117,7 @@ def audio_server() -> Iterator[str]:
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            SERVED.append(self.path)
             if self.path == "/clip.wav":
                 self.send_response(200)
                 self.send_header("content-type", "audio/wav")
@@ -148,13 +153,43 @@ def audio_server() -> Iterator[str]:
     server.shutdown()
 
 
+def worker_resources(allowlist: str) -> Any:
+    """What fetch_audio reads of a worker's resources: the settings."""
+    return SimpleNamespace(settings=Settings(audio_url_allowlist=allowlist), store=None)
+
+
 def test_fetch_audio_from_a_url(audio_server: str) -> None:
-    samples, rate = asyncio.run(fetch_audio(audio_server + "/clip.wav", None))
+    res = worker_resources("127.0.0.1")
+    samples, rate = asyncio.run(fetch_audio(audio_server + "/clip.wav", res))
     assert (samples.shape, rate) == ((1, 16000), 16000)
     for path in ("/redirect", "/missing", "/big"):
         with pytest.raises(StageError) as exc:
-            asyncio.run(fetch_audio(audio_server + path, None))
+            asyncio.run(fetch_audio(audio_server + path, res))
         assert exc.value.code == "audio_unavailable", path
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:{port}/clip.wav",  # loopback
+        "http://localhost:{port}/clip.wav",  # a name that resolves to loopback (/etc/hosts)
+        "http://169.254.169.254/latest/meta-data/",  # cloud metadata (link-local)
+        "http://10.0.0.7/clip.wav",  # a private range
+        "http://[::1]:{port}/clip.wav",
+    ],
+)
+def test_audio_urls_to_non_public_addresses_are_refused_before_any_connection(
+    url: str, audio_server: str
+) -> None:
+    port = audio_server.rsplit(":", 1)[1]
+    SERVED.clear()
+    with pytest.raises(StageError) as exc:
+        # Not allow-listed: refused by the check, before a connection is opened (none of these
+        # addresses but loopback exists here; the loopback server would answer a fetch).
+        asyncio.run(fetch_audio(url.format(port=port), worker_resources("")))
+    assert exc.value.code == "audio_unavailable"
+    assert "AUDIO_URL_ALLOWLIST" in exc.value.message
+    assert SERVED == []  # the loopback server, reachable, was never asked
 
 
 # --- continuation and melody on the tiny checkpoint ---------------------------------------
@@ -306,3 +341,18 @@ def test_invalid_audio_reference_is_refused_at_submit(api_client: httpx.Client) 
     )
     assert response.status_code == 422
     assert response.json()["field"] == "input.audio_prompt"
+
+
+def test_audio_url_to_a_private_address_is_refused_at_submit(api_client: httpx.Client) -> None:
+    response = api_client.post(
+        "/v1/tasks",
+        json={
+            "workflow": "continuation",
+            "user_id": "u",
+            "input": {"prompt": "x", "audio_prompt": "http://169.254.169.254/latest/x.wav"},
+        },
+    )
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert (body["code"], body["field"]) == ("invalid_input", "input.audio_prompt")
+    assert "link-local" in body["message"]
