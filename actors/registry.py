@@ -8,7 +8,9 @@ that a retry cannot fix; anything else is retried by the stage's retry policy.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,6 +22,10 @@ from actors.errors import StageError
 from actors.resources import resources
 from aimarket.logs import log_context
 from aimarket.metrics import STAGE_DURATION
+from db.models import TaskStatus
+from db.tasks import get_task, utcnow
+
+log = logging.getLogger(__name__)
 
 #: Every registered stage actor name -> its default queue (what workflows may reference).
 STAGE_QUEUES: dict[str, str] = {}
@@ -60,6 +66,8 @@ def stage(
         ) -> dict[str, Any] | None:
             from actors import dag
 
+            if not await _may_start(name, task_id, workflow, stage_id):
+                return None
             state = resources().state
             await state.stage_event(task_id, stage_id, "running")
             started = time.perf_counter()
@@ -95,6 +103,65 @@ def stage(
     return register
 
 
+#: Actors that run after a task has ended: they are never stopped by its ending.
+_AFTER_END_ACTORS = frozenset({"task.callback"})
+
+
+async def _may_start(actor: str, task_id: str, workflow: str, stage_id: str) -> bool:
+    """Whether this stage should run now; when not, the rest of the run is dropped.
+
+    * A main stage of a task that has already ended ``cancelled`` or ``failed`` (a cancel, or
+      another branch's failure, came while its message waited in a queue) does not run, and
+      the stages after it in a pipeline are not queued: nothing more is computed or sent for a
+      task whose client has been told it ended. Handlers (``on_failure``, ``finally``) and the
+      callback run after the end by design.
+    * A stage of a task past its workflow's deadline does not start: the task ends ``failed``
+      with code ``timeout`` through ``task.fail`` (which tells the client), and this message
+      is acked, not dead-lettered (nothing is wrong with it to inspect or retry).
+    """
+    if actor in _AFTER_END_ACTORS:
+        return True
+    res = resources()
+    plan = res.plans.get(workflow)
+    if plan is not None and any(
+        step.stage.id == stage_id for step in (*plan.on_failure, *plan.finally_)
+    ):
+        return True
+    task = await get_task(res.db, task_id)
+    if task is None:
+        return True  # the stage itself says what a missing task means
+    status = TaskStatus(task.status)
+    if status in (TaskStatus.CANCELLED, TaskStatus.FAILED):
+        log.info("task %s is %s: stage %s dropped", task_id, status, stage_id)
+        _stop_pipeline()
+        return False
+    if status.terminal or plan is None:
+        return True
+    deadline_s = plan.workflow.deadline(res.settings.task_deadline_s)
+    if (utcnow() - task.created_at).total_seconds() <= deadline_s:
+        return True
+    log.warning(
+        "task %s passed its deadline of %g s before stage %s", task_id, deadline_s, stage_id
+    )
+    fail = res.broker.get_actor("task.fail")
+    message = fail.message(
+        task_id,
+        stage_id,
+        "timeout",
+        f"the task did not finish within its deadline of {deadline_s:g} s",
+    )
+    await asyncio.to_thread(res.broker.enqueue, message)
+    _stop_pipeline()
+    return False
+
+
+def _stop_pipeline() -> None:
+    """Make Dramatiq's Pipelines middleware queue nothing after the current message."""
+    message = CurrentMessage.get_current_message()
+    if message is not None:
+        message.options.pop("pipe_target", None)
+
+
 def _piped() -> bool:
     """Whether a next stage will receive this stage's result (else nothing keeps it)."""
     message = CurrentMessage.get_current_message()
@@ -109,7 +176,6 @@ async def _input(task_id: str, workflow: str, stage_id: str, previous: Any) -> A
     if plan is None or stage_id not in plan._index or not plan.step(stage_id).stage.input:
         return previous
     from actors import dag
-    from db.tasks import get_task
 
     task = await get_task(res.db, task_id)
     if task is None:

@@ -128,6 +128,28 @@ def test_a_task_cancelled_at_once_runs_nothing_after(
     assert len(callbacks(receiver, queued)) == 1
 
 
+def test_a_cancelled_pipeline_runs_no_stage_after_the_running_one(
+    client: httpx.Client, receiver: Receiver, service_env: dict[str, str], worker: Proc
+) -> None:
+    """A straight workflow runs as a Dramatiq pipeline, where each finished stage queues the
+    next: once the task is cancelled, the next stage must drop the run (no stage, no second
+    callback), although the running one finished normally."""
+    response = client.post(
+        "/v1/tasks",
+        json={"workflow": "pipeline-cancel", "user_id": "cancel", "callback_url": receiver.url},
+    )
+    assert response.status_code == 202, response.text
+    task_id = response.json()["task_id"]
+    wait_until(lambda: runs(service_env, task_id, "slow") == 1, 30, "the slow stage")
+    assert client.post(f"/v1/tasks/{task_id}/cancel").status_code == 202
+    assert receiver.wait_for(task_id, timeout=10)["status"] == "cancelled"
+    time.sleep(6.0)  # the slow stage (5 s) has ended, and its successor would have run
+    assert runs(service_env, task_id, "after") == 0, worker.output()
+    task = client.get(f"/v1/tasks/{task_id}").json()
+    assert task["status"] == "cancelled"
+    assert len(callbacks(receiver, task_id)) == 1
+
+
 def test_a_finished_task_cannot_be_cancelled(
     client: httpx.Client, receiver: Receiver, worker: Proc
 ) -> None:

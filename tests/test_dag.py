@@ -97,6 +97,23 @@ def test_timeout_fails_with_code_timeout(
     assert time.monotonic() - started < 20  # not the stage's 30 s
 
 
+def test_a_task_past_its_deadline_fails_timeout_and_runs_nothing_more(
+    client: httpx.Client, receiver: Receiver, service_env: dict[str, str], worker: Proc
+) -> None:
+    # A pipeline (no needs/when/foreach): `slow` sleeps 5 s, past the workflow's deadline_s of
+    # 2 s; `after` must not start, and the client hears `failed` with code `timeout`, once.
+    task = run(client, receiver, "dag-deadline")
+    assert task["status"] == "failed", worker.output()
+    assert task["error"]["code"] == "timeout"
+    assert "deadline of 2 s" in task["error"]["message"]
+    task_id = task["task_id"]
+    assert runs(service_env, task_id, "slow") == 1
+    time.sleep(1.0)  # anything queued after `slow` would have run by now
+    assert runs(service_env, task_id, "after") == 0
+    [called] = callbacks(receiver, task_id)
+    assert (called["status"], called["error"]["code"]) == ("failed", "timeout")
+
+
 def test_foreach_fans_out_and_joins_in_order(
     client: httpx.Client, receiver: Receiver, service_env: dict[str, str], worker: Proc
 ) -> None:

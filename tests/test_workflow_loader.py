@@ -187,6 +187,22 @@ def test_timeout_message_names_the_limit() -> None:
     assert "consumer_timeout" in timeout.hint
 
 
+def test_deadline_is_a_positive_number_of_seconds(tmp_path: Path) -> None:
+    source = (BUILTIN_DIR / "text2music.yaml").read_text()
+    with_deadline = source.replace("version: 1\n", "version: 1\ndeadline_s: 120\n", 1)
+    assert with_deadline != source
+    workflow, _ = check_file(write(tmp_path, "text2music", with_deadline), ACTORS, Settings())
+    assert workflow is not None
+    assert (workflow.deadline_s, workflow.deadline(3600.0)) == (120.0, 120.0)
+    plain, _ = check_file(BUILTIN_DIR / "text2music.yaml", ACTORS, Settings())
+    assert plain is not None
+    assert plain.deadline(3600.0) == 3600.0
+    zero = source.replace("version: 1\n", "version: 1\ndeadline_s: 0\n", 1)
+    workflow, diagnostics = check_file(write(tmp_path, "text2music", zero), ACTORS, Settings())
+    assert workflow is None
+    assert [d.code for d in diagnostics] == ["out-of-range"]
+
+
 def test_broker_limit_is_a_parameter() -> None:
     # The built-in generate stages allow 900 s: fine under 30 min, too long under 10.
     _, diagnostics = check_file(
@@ -967,7 +983,8 @@ def test_language_schema_is_a_json_schema() -> None:
     assert schema["required"] == ["name", "version", "stages"]
     assert schema["additionalProperties"] is False
     assert set(schema["properties"]) == {
-        "name", "version", "description", "input", "outputs", "stages", "on_failure", "finally"
+        "name", "version", "description", "deadline_s", "input", "outputs", "stages",
+        "on_failure", "finally",
     }  # fmt: skip
     stage = schema["$defs"]["stage"]
     assert list(stage["properties"]) == [

@@ -157,7 +157,8 @@ MAX_CONCURRENCY_RANGE = (1, 100)
 # it here, reading it in the matching ``_Checker.check_*`` method, and describing it in
 # language.schema.json.
 WORKFLOW_KEYS = (
-    "name", "version", "description", "input", "outputs", "stages", "on_failure", "finally"
+    "name", "version", "description", "deadline_s", "input", "outputs", "stages", "on_failure",
+    "finally",
 )  # fmt: skip
 WORKFLOW_REQUIRED = ("name", "version", "stages")
 STAGE_KEYS = (
@@ -705,6 +706,7 @@ class _Checker:
         name = self.check_workflow_name(entries.get("name"))
         version = self.check_version(entries.get("version"))
         description = self.optional_string(entries.get("description"), "'description'")
+        deadline = self.check_seconds(entries.get("deadline_s"), "'deadline_s'", allow_zero=False)
         inputs = self.check_inputs(entries.get("input"))
         outputs = self.check_outputs(entries.get("outputs"))
         main = self.check_stages(entries.get("stages"))
@@ -720,6 +722,7 @@ class _Checker:
             name=name,
             version=version,
             description=description or "",
+            deadline_s=deadline,
             input=inputs,
             outputs=outputs,
             stages=tuple(draft.build() for draft in main),
