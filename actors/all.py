@@ -12,10 +12,10 @@ import importlib
 import logging
 from importlib.metadata import entry_points
 
-from actors import dag, generate, lifecycle, mix, store, visualize
+from actors import dag, events, generate, lifecycle, mix, store, visualize
 from aimarket.settings import SettingsError, get_settings
 
-__all__ = ["dag", "generate", "lifecycle", "mix", "store", "visualize"]
+__all__ = ["dag", "events", "generate", "lifecycle", "mix", "store", "visualize"]
 
 ENTRY_POINT_GROUP = "aimarket.stages"
 log = logging.getLogger(__name__)

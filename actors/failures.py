@@ -17,7 +17,7 @@ from actors.errors import StageError
 log = logging.getLogger(__name__)
 
 #: Actors whose own failure must not start another failure run.
-_TERMINAL_ACTORS = frozenset({"task.fail", "task.callback"})
+_TERMINAL_ACTORS = frozenset({"task.fail", "task.callback", "task.event"})
 
 
 def describe(exc: BaseException, stage_id: str) -> tuple[str, str]:

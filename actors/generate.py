@@ -12,6 +12,7 @@ from typing import Any, Literal, cast
 import numpy as np
 import numpy.typing as npt
 
+from actors import events
 from actors.batching import Batcher, Clip, Progress, Request
 from actors.dag import current_item
 from actors.errors import StageError
@@ -106,7 +107,18 @@ async def run_generation(
     inputs = given if isinstance(given, dict) and "prompt" in given else task.input
     prompt, duration = str(inputs["prompt"]), float(inputs["duration"])
     seed = inputs.get("seed")
-    progress = ProgressReporter(res.state, task_id, stage_id, asyncio.get_running_loop())
+
+    async def milestone(fraction: float) -> None:
+        await events.emit(res, task, "progress", f"progress:{stage_id}:{round(fraction * 100)}")
+
+    progress = ProgressReporter(
+        res.state,
+        task_id,
+        stage_id,
+        asyncio.get_running_loop(),
+        on_milestone=milestone if events.wants(task, "progress") else None,
+        milestones=events.MILESTONES,
+    )
     audio_ref = inputs.get("audio_prompt") or inputs.get("melody")
     if audio_ref:
         # Conditioned on input audio: run alone (never batched), under the model's lock.

@@ -128,4 +128,7 @@ async def callback(
     if not url:
         return {"callback": "none"}
     body = msgspec.json.encode(task_view(task, res.store))
-    return await webhooks.deliver(res, task_id, url, body, event="completed")
+    # The id names the outcome: a task reopened by an operator (a dead letter retried) that
+    # then succeeds is a new message, which receivers must not drop as a duplicate.
+    webhook_id = f"{task_id}:{task.status}"
+    return await webhooks.deliver(res, task_id, url, body, webhook_id, "completed")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from typing import Any
 
@@ -33,11 +34,23 @@ class TaskCancelled(StageError):
         self.task_id = task_id
 
 
+#: Called on the event loop with a milestone (0..1) that decoding has just passed.
+Milestone = Callable[[float], Awaitable[None]]
+
+
 class ProgressReporter:
     def __init__(
-        self, state: State, task_id: str, stage_id: str, loop: asyncio.AbstractEventLoop
+        self,
+        state: State,
+        task_id: str,
+        stage_id: str,
+        loop: asyncio.AbstractEventLoop,
+        on_milestone: Milestone | None = None,
+        milestones: tuple[float, ...] = (),
     ) -> None:
         self.state, self.task_id, self.stage_id, self.loop = state, task_id, stage_id, loop
+        self._on_milestone = on_milestone
+        self._milestones = sorted(milestones) if on_milestone is not None else []
         self._last = 0.0
         self._pending: Future[Any] | None = None
         self._cancelled = threading.Event()
@@ -67,3 +80,9 @@ class ProgressReporter:
         await self.state.set_progress(self.task_id, self.stage_id, fraction)
         if await self.state.is_cancelled(self.task_id):
             self._cancelled.set()
+            return
+        passed = [m for m in self._milestones if fraction >= m]
+        if passed and self._on_milestone is not None:
+            # Only the highest one passed since the last update: no burst of stale events.
+            self._milestones = [m for m in self._milestones if m > passed[-1]]
+            await self._on_milestone(passed[-1])

@@ -22,8 +22,8 @@ from actors.errors import StageError
 from actors.resources import resources
 from aimarket.logs import log_context
 from aimarket.metrics import STAGE_DURATION
-from db.models import TaskStatus
-from db.tasks import get_task, utcnow
+from db.models import Task, TaskStatus
+from db.tasks import get_task, start_task, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ def stage(
         ) -> dict[str, Any] | None:
             from actors import dag
 
-            if not await _may_start(name, task_id, workflow, stage_id):
+            go, task = await _may_start(name, task_id, workflow, stage_id)
+            if not go:
                 return None
             state = resources().state
             await state.stage_event(task_id, stage_id, "running")
@@ -90,6 +91,11 @@ def stage(
                 raise
             STAGE_DURATION.labels(name, "ok").observe(time.perf_counter() - started)
             await state.stage_event(task_id, stage_id, "done")
+            if task is not None and (item is None or item < 0):
+                from actors import events  # an actor module: imported once a broker is set
+
+                # A whole stage (not one foreach item) ended: a `progress` event, if wanted.
+                await events.emit(resources(), task, "progress", f"progress:{stage_id}")
             return result if _piped() else None
 
         actor = dramatiq.actor(actor_name=name, queue_name=queue, throws=(StageError,), **options)(
@@ -107,8 +113,14 @@ def stage(
 _AFTER_END_ACTORS = frozenset({"task.callback"})
 
 
-async def _may_start(actor: str, task_id: str, workflow: str, stage_id: str) -> bool:
-    """Whether this stage should run now; when not, the rest of the run is dropped.
+async def _may_start(
+    actor: str, task_id: str, workflow: str, stage_id: str
+) -> tuple[bool, Task | None]:
+    """Whether this stage should run now (when not, the rest of the run is dropped), and the
+    task's row when this is a main stage of an active task (events are sent about it).
+
+    * The first main stage to start moves the task from ``queued`` to ``running`` and sends
+      the ``started`` event when the client asked for it.
 
     * A main stage of a task that has already ended ``cancelled`` or ``failed`` (a cancel, or
       another branch's failure, came while its message waited in a queue) does not run, and
@@ -120,26 +132,30 @@ async def _may_start(actor: str, task_id: str, workflow: str, stage_id: str) -> 
       is acked, not dead-lettered (nothing is wrong with it to inspect or retry).
     """
     if actor in _AFTER_END_ACTORS:
-        return True
+        return True, None
     res = resources()
     plan = res.plans.get(workflow)
     if plan is not None and any(
         step.stage.id == stage_id for step in (*plan.on_failure, *plan.finally_)
     ):
-        return True
+        return True, None
     task = await get_task(res.db, task_id)
     if task is None:
-        return True  # the stage itself says what a missing task means
+        return True, None  # the stage itself says what a missing task means
     status = TaskStatus(task.status)
     if status in (TaskStatus.CANCELLED, TaskStatus.FAILED):
         log.info("task %s is %s: stage %s dropped", task_id, status, stage_id)
         _stop_pipeline()
-        return False
+        return False, None
     if status.terminal or plan is None:
-        return True
+        return True, None
     deadline_s = plan.workflow.deadline(res.settings.task_deadline_s)
     if (utcnow() - task.created_at).total_seconds() <= deadline_s:
-        return True
+        if status == TaskStatus.QUEUED and await start_task(res.db, task_id):
+            from actors import events
+
+            await events.emit(res, task, "started", "started")
+        return True, task
     log.warning(
         "task %s passed its deadline of %g s before stage %s", task_id, deadline_s, stage_id
     )
@@ -152,7 +168,7 @@ async def _may_start(actor: str, task_id: str, workflow: str, stage_id: str) -> 
     )
     await asyncio.to_thread(res.broker.enqueue, message)
     _stop_pipeline()
-    return False
+    return False, None
 
 
 def _stop_pipeline() -> None:

@@ -1,8 +1,9 @@
 """Callback delivery: Standard Webhooks signatures, SSRF checks, and a record of every try.
 
 Each delivery has a ``webhook-id`` that stays the same across its retries (``{task_id}:
-{event}``), so a receiver can drop duplicates; ``webhook-timestamp`` is the time of this try
-and ``webhook-signature`` is ``v1,`` + base64(HMAC-SHA256(key, "{id}.{timestamp}.{body}"))
+{status}`` for the terminal callback, ``{task_id}:started``, ``{task_id}:progress:...`` for
+intermediate events), so a receiver can drop duplicates; ``webhook-timestamp`` is the time of
+this try and ``webhook-signature`` is ``v1,`` + base64(HMAC-SHA256(key, "{id}.{timestamp}.{body}"))
 (https://www.standardwebhooks.com). The key comes from ``WEBHOOK_SECRET`` (``whsec_`` +
 base64); it never appears in logs, records or bodies.
 """
@@ -69,10 +70,15 @@ def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-def signed_headers(secret: str, webhook_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+def signed_headers(
+    secret: str, webhook_id: str, timestamp: int, body: bytes, event: str = "completed"
+) -> dict[str, str]:
     return {
         "content-type": "application/json",
         "user-agent": USER_AGENT,
+        # Which event this is (started, progress, completed); the body says it too (status,
+        # progress), but a receiver can route on the header without parsing.
+        "aimarket-event": event,
         "webhook-id": webhook_id,
         "webhook-timestamp": str(timestamp),
         "webhook-signature": sign(secret, webhook_id, timestamp, body),
@@ -99,7 +105,7 @@ def _last_try(exc: BaseException) -> bool:
 
 
 async def deliver(
-    res: Resources, task_id: str, url: str, body: bytes, event: str
+    res: Resources, task_id: str, url: str, body: bytes, webhook_id: str, event: str
 ) -> dict[str, Any]:
     """One try at POSTing ``body`` to ``url``, recorded in ``callback_attempts``.
 
@@ -109,7 +115,6 @@ async def deliver(
     """
     settings = res.settings
     secret = webhook_secret(settings)
-    webhook_id = f"{task_id}:{event}"
     attempt = await next_attempt(res.db, task_id, webhook_id)
     started = time.monotonic()
     status: int | None = None
@@ -123,7 +128,7 @@ async def deliver(
         error = f"refused: {exc}"
     else:
         target, extra_headers, extensions = pinned(url, addresses)
-        headers = signed_headers(secret, webhook_id, int(time.time()), body)
+        headers = signed_headers(secret, webhook_id, int(time.time()), body, event)
         try:
             async with httpx.AsyncClient(
                 timeout=settings.callback_timeout, follow_redirects=False

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 UserId = Annotated[
     str, msgspec.Meta(min_length=1, max_length=200, description="The marketplace's user id.")
 ]
+
+
+#: Intermediate callbacks a client may ask for; the terminal one (``completed``) is always sent.
+CallbackEvent = Literal["started", "progress", "completed"]
 
 
 class CreateTask(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -30,6 +34,16 @@ class CreateTask(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         ]
         | None
     ) = None
+    events: Annotated[
+        list[CallbackEvent],
+        msgspec.Meta(
+            max_length=3,
+            description="Callbacks wanted besides the final one: `started` (a worker took the "
+            "task), `progress` (a stage ended; generation at 25, 50 and 75 %). `completed`, "
+            "the final result, is always sent. Each is the task view at that moment, signed "
+            "like the final one, with an `aimarket-event` header naming the event.",
+        ),
+    ] = []
 
 
 class WorkflowStatsOut(msgspec.Struct, kw_only=True):

@@ -127,7 +127,7 @@ async def submit(
     if idempotency_key is not None:
         _check_key(idempotency_key)
         body_hash = idempotency.request_hash(
-            data.workflow, data.user_id, data.input, data.callback_url
+            data.workflow, data.user_id, data.input, data.callback_url, list(data.events)
         )
         # Before validation: a replay costs one indexed read, no DNS look-up of callback_url.
         earlier = await idempotency.task_by_key(services.db, data.user_id, idempotency_key)
@@ -163,21 +163,33 @@ async def submit(
         created_at=utcnow(),
         idempotency_key=idempotency_key,
         request_hash=body_hash,
+        callback_events=sorted(set(data.events) - {"completed"}) or None,
     )
-    if idempotency_key is None:
-        await insert_task(services.db, task)
-    else:
-        task, inserted = await idempotency.insert_task_once(services.db, task)
-        if not inserted:
-            assert body_hash is not None
-            return Submitted(_same_body(task, body_hash), replayed=True)
+    plan = services.plans[workflow.name]
+    # Limits (429, 503) after validation, so a 422 spends no budget, and before anything is
+    # stored; a replay was answered above and is never refused. Not stored or queued after
+    # all: the task's slot is given back.
+    admission = await services.limits.admit(plan, task.user_id, task.id)
+    try:
+        if idempotency_key is None:
+            await insert_task(services.db, task)
+            inserted = True
+        else:
+            task, inserted = await idempotency.insert_task_once(services.db, task)
+    except BaseException:
+        await admission.release()
+        raise
+    if not inserted:
+        await admission.release()
+        assert body_hash is not None
+        return Submitted(_same_body(task, body_hash), replayed=True)
     # Sent only after the commit above, so a worker never sees a task that is not there.
     # pika blocks: publish from a thread, never on the event loop.
-    plan = services.plans[workflow.name]
     try:
         await services.publish(plan, task.id)
     except Exception as exc:
         log.error("could not queue task %s: %s", task.id, exc)
+        await admission.release()
         await finish_task(
             services.db,
             task.id,
@@ -242,7 +254,16 @@ class TaskController(Controller):
             409: error_response("The Idempotency-Key was already used with another body"),
             413: error_response("The body is over the size limit (1 MB)"),
             422: error_response("Unknown workflow, invalid input or invalid callback URL"),
-            503: error_response("The queue is unavailable; nothing was queued"),
+            429: error_response(
+                "The user is over RATE_LIMIT_PER_MINUTE (code `rate_limited`) or has "
+                "MAX_ACTIVE_TASKS_PER_USER tasks queued or running (`too_many_active_tasks`); "
+                "nothing was stored. Retry after the seconds in the Retry-After header"
+            ),
+            503: error_response(
+                "The queue is unavailable (`queue_unavailable`), or a queue of this workflow "
+                "holds more than MAX_QUEUE_DEPTH waiting messages (`queue_full`, with "
+                "Retry-After); nothing was queued"
+            ),
         },
     )
     async def create(
@@ -253,7 +274,8 @@ class TaskController(Controller):
             header="Idempotency-Key",
             required=False,
             # No min/max_length here: Litestar would name the field `idempotency_key` in its
-            # 400; submit() checks the length and names the header.
+            # 400; submit() checks the length and names the header. The document says it.
+            schema_extra={"minLength": 1, "maxLength": idempotency.MAX_KEY_LENGTH},
             description="Any string unique per request of this user (a UUID, say), 1 to "
             f"{idempotency.MAX_KEY_LENGTH} characters. A retry with the same key and body "
             "returns the original task instead of a new one.",
@@ -311,6 +333,7 @@ class TaskController(Controller):
         description="`status` events carry the task view whenever it changes; the last event, "
         "`done`, carries the final view, then the stream ends. Send the bearer token as a "
         "header (read the stream with fetch; EventSource cannot send headers).",
+        media_type="text/event-stream",  # for the document; ServerSentEvent sets its own
         responses={404: error_response("No such task")},
     )
     async def events(self, task_id: str, services: Services) -> ServerSentEvent:

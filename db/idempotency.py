@@ -19,12 +19,24 @@ MAX_KEY_LENGTH = 200
 
 
 def request_hash(
-    workflow: str, user_id: str, input: dict[str, Any], callback_url: str | None
+    workflow: str,
+    user_id: str,
+    input: dict[str, Any],
+    callback_url: str | None,
+    events: list[str] | None = None,
 ) -> str:
     """SHA-256 (hex) of the canonical request body: the fields as sent (before validation
     fills in defaults), keys sorted, no whitespace; so key order and spacing in the JSON the
-    client sent do not matter, any other change of a value does."""
-    body = {"workflow": workflow, "user_id": user_id, "input": input, "callback_url": callback_url}
+    client sent do not matter, any other change of a value does. ``events`` counts only when
+    given (as a set), so hashes of requests without it stay what they were."""
+    body: dict[str, Any] = {
+        "workflow": workflow,
+        "user_id": user_id,
+        "input": input,
+        "callback_url": callback_url,
+    }
+    if events:
+        body["events"] = sorted(set(events))
     canonical = json.dumps(
         body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
     )

@@ -75,6 +75,9 @@ class Task(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     #: SHA-256 (hex) of the canonical request body sent with that key (db.idempotency).
     request_hash: Mapped[str | None] = mapped_column(String(64))
+    #: Intermediate callbacks the client asked for (``started``, ``progress``); None or empty
+    #: means the terminal callback only, which is always sent.
+    callback_events: Mapped[list[str] | None] = mapped_column(JsonType, nullable=True)
 
 
 class RunStatus(enum.StrEnum):

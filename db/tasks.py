@@ -63,6 +63,18 @@ async def mark_running(db: Database, task_id: str) -> bool:
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
+async def start_task(db: Database, task_id: str) -> bool:
+    """queued -> running, setting started_at. True only for the call that made the move (so
+    the ``started`` event is sent once, however many stages or deliveries race to it)."""
+    async with db.session() as session, session.begin():
+        result = await session.execute(
+            update(Task)
+            .where(Task.id == task_id, Task.status == TaskStatus.QUEUED)
+            .values(status=TaskStatus.RUNNING, started_at=func.coalesce(Task.started_at, utcnow()))
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
 async def finish_task(
     db: Database,
     task_id: str,
@@ -137,3 +149,35 @@ async def user_stats(
     for workflow, (seconds, n) in totals.items():
         by_workflow[workflow].avg_processing_s = seconds / n if n else None
     return list(by_workflow.values())
+
+
+async def stale_active_tasks(db: Database, created_before: datetime, limit: int) -> list[Task]:
+    """Tasks still queued or running that were created before ``created_before``, oldest
+    first, at most ``limit`` (the sweep's candidates: younger ones cannot be late yet)."""
+    async with db.session() as session:
+        rows = await session.scalars(
+            select(Task)
+            .where(Task.status.in_(_ACTIVE), Task.created_at < created_before)
+            .order_by(Task.created_at)
+            .limit(limit)
+        )
+        return list(rows)
+
+
+async def reopen_task(db: Database, task_id: str) -> bool:
+    """failed -> running, clearing the error and the end, so that a stage an operator retries
+    (a dead letter) can finish the task. False unless the task was ``failed``: a task that
+    succeeded or was cancelled stays ended."""
+    async with db.session() as session, session.begin():
+        result = await session.execute(
+            update(Task)
+            .where(Task.id == task_id, Task.status == TaskStatus.FAILED)
+            .values(
+                status=TaskStatus.RUNNING,
+                error_code=None,
+                error_message=None,
+                finished_at=None,
+                processing_s=None,
+            )
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]

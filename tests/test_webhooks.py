@@ -282,7 +282,8 @@ def test_delivery_is_signed(allowed_api: Api, hooks: Hooks) -> None:
     (call,) = hooks.wait("/signed", 1)
     headers, raw = call["headers"], call["raw"]
     assert call["body"]["task_id"] == task_id
-    assert headers["webhook-id"] == f"{task_id}:completed"
+    assert headers["webhook-id"] == f"{task_id}:succeeded"
+    assert headers["aimarket-event"] == "completed"
     assert abs(int(headers["webhook-timestamp"]) - time.time()) < 120
     secret = (allowed_api.data_dir / "webhook-secret").read_text().strip()  # type: ignore[attr-defined]
     assert verify(secret, headers, raw)
@@ -290,7 +291,7 @@ def test_delivery_is_signed(allowed_api: Api, hooks: Hooks) -> None:
     assert secret not in json.dumps(call["body"])
     (attempt,) = attempts(allowed_api, task_id, 1)
     assert attempt["status_code"] == 200
-    assert attempt["webhook_id"] == f"{task_id}:completed"
+    assert attempt["webhook_id"] == f"{task_id}:succeeded"
     assert attempt["attempt"] == 1
     assert attempt["error"] is None
     assert attempt["latency_ms"] >= 0
@@ -309,8 +310,62 @@ def test_retried_delivery_keeps_its_id_and_every_try_is_listed(
     assert verify(secret, second["headers"], second["raw"])
     listed = attempts(allowed_api, task_id, 2)
     assert [(a["attempt"], a["status_code"]) for a in listed] == [(1, 503), (2, 200)]
-    assert listed[0]["webhook_id"] == listed[1]["webhook_id"] == f"{task_id}:completed"
+    assert listed[0]["webhook_id"] == listed[1]["webhook_id"] == f"{task_id}:succeeded"
     assert listed[0]["created_at"] <= listed[1]["created_at"]
+
+
+def test_intermediate_events_are_sent_when_asked_for(allowed_api: Api, hooks: Hooks) -> None:
+    """`events: [started, progress]`: a signed callback when a worker takes the task, one per
+    stage that ends and at generation milestones, then the final one; each is the task view
+    of its moment. Without `events`, only the final one (the tests above)."""
+    body = {
+        "workflow": "text2music",
+        "user_id": "hooks",
+        "input": {"prompt": "a tune", "duration": 1},
+        "callback_url": hooks.url + "/events",
+        "events": ["started", "progress"],
+    }
+    with client(allowed_api) as c:
+        response = c.post("/v1/tasks", json=body)
+        assert response.status_code == 202, response.text
+        task_id = response.json()["task_id"]
+        deadline = time.monotonic() + 90
+        while c.get(f"/v1/tasks/{task_id}").json()["status"] != "succeeded":
+            assert time.monotonic() < deadline, "the task did not finish"
+            time.sleep(0.2)
+    time.sleep(1.0)  # deliveries run on their own queue; let the last ones land
+    calls = [c for c in hooks.calls if c["path"] == "/events"]
+    secret = (allowed_api.data_dir / "webhook-secret").read_text().strip()  # type: ignore[attr-defined]
+    assert all(verify(secret, c["headers"], c["raw"]) for c in calls)
+    by_event: dict[str, list[dict[str, Any]]] = {}
+    for call in calls:
+        by_event.setdefault(call["headers"]["aimarket-event"], []).append(call)
+    assert set(by_event) == {"started", "progress", "completed"}, [
+        c["headers"]["webhook-id"] for c in calls
+    ]
+    (started,) = by_event["started"]
+    assert started["headers"]["webhook-id"] == f"{task_id}:started"
+    assert started["body"]["status"] == "running"
+    progress_ids = {c["headers"]["webhook-id"] for c in by_event["progress"]}
+    assert f"{task_id}:progress:validate" in progress_ids  # a stage that ended
+    assert all(c["body"]["status"] == "running" for c in by_event["progress"])
+    (final,) = by_event["completed"]
+    assert final["headers"]["webhook-id"] == f"{task_id}:succeeded"
+    assert final["body"]["status"] == "succeeded"
+    # Every delivery is recorded, the intermediate ones included.
+    listed = attempts(allowed_api, task_id, len(calls))
+    assert {a["webhook_id"] for a in listed} == {c["headers"]["webhook-id"] for c in calls}
+
+
+def test_unknown_events_are_refused(allowed_api: Api) -> None:
+    body = {"workflow": "text2music", "user_id": "hooks", "input": {"prompt": "x"}}
+    with client(allowed_api) as c:
+        response = c.post("/v1/tasks", json={**body, "events": ["finished"]})
+    assert response.status_code == 400, response.text
+    error = response.json()
+    assert error["code"] == "invalid_request"
+    assert error["field"] == "events[0]"
+    assert "finished" in error["message"]
 
 
 def test_redirect_is_not_followed(allowed_api: Api, hooks: Hooks) -> None:

@@ -1,0 +1,74 @@
+"""Intermediate callbacks: ``started`` and ``progress`` events, for clients that ask for them.
+
+A request's ``events`` filter (``POST /v1/tasks``) names the intermediate events its client
+wants; the terminal callback (``completed``, sent by ``task.callback``) is always sent. Each
+event is a message to ``task.event`` on the ``callbacks`` queue, so a slow receiver never
+holds up a generation worker, delivered with the same signature, SSRF checks and attempt
+record as the terminal callback (``actors.webhooks``). The body is the task's view at the
+time of the try (``GET /v1/tasks/{id}``: status ``running``, the current stage and progress).
+
+Events are best-effort and short-lived: a few quick retries, and none once the task has
+ended (a late ``progress`` must not arrive after the final result). Their ``webhook-id`` is
+``{task_id}:started`` and ``{task_id}:progress:{stage}[:{percent}]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Literal
+
+import dramatiq
+import msgspec
+
+from actors import webhooks
+from actors.resources import Resources, resources
+from aimarket.task_view import task_view
+from db import stage_runs
+from db.models import Task, TaskStatus
+from db.tasks import get_task
+
+log = logging.getLogger(__name__)
+
+Event = Literal["started", "progress"]
+#: Generation progress (0..1) at which a ``progress`` event is sent, beside stage ends.
+MILESTONES = (0.25, 0.5, 0.75)
+
+
+def wants(task: Task, event: Event) -> bool:
+    return event in (task.callback_events or ())
+
+
+def target(task: Task, res: Resources) -> str | None:
+    """Where the task's callbacks go: its own URL, else MARKETPLACE_CALLBACK."""
+    return task.callback_url or res.settings.marketplace_callback
+
+
+async def emit(res: Resources, task: Task, event: Event, key: str) -> None:
+    """Queue the ``event`` callback when the task asked for it and has somewhere to send it.
+    ``key`` names this event within the task (``started``, ``progress:generate:50``)."""
+    if not wants(task, event) or not target(task, res):
+        return
+    message = deliver_event.message(task.id, event, f"{task.id}:{key}")
+    await asyncio.to_thread(res.broker.enqueue, message)
+
+
+@dramatiq.actor(
+    actor_name="task.event",
+    queue_name="callbacks",
+    max_retries=3,
+    min_backoff=1000,
+    max_backoff=10_000,
+)
+async def deliver_event(task_id: str, event: str, webhook_id: str) -> None:
+    """POSTs the task's current view for one intermediate event, signed (see module doc)."""
+    res = resources()
+    task = await get_task(res.db, task_id)
+    if task is None or TaskStatus(task.status).terminal:
+        return  # the terminal callback tells the rest
+    url = target(task, res)
+    if not url:
+        return
+    live = await res.state.get(task_id)
+    view = task_view(task, res.store, live, await stage_runs.runs(res.db, task_id))
+    await webhooks.deliver(res, task_id, url, msgspec.json.encode(view), webhook_id, event)
