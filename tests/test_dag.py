@@ -102,7 +102,7 @@ def test_a_task_past_its_deadline_fails_timeout_and_runs_nothing_more(
 ) -> None:
     # A pipeline (no needs/when/foreach): `slow` sleeps 5 s, past the workflow's deadline_s of
     # 2 s; `after` must not start, and the client hears `failed` with code `timeout`, once.
-    task = run(client, receiver, "dag-deadline")
+    task = run(client, receiver, "pipeline-deadline")
     assert task["status"] == "failed", worker.output()
     assert task["error"]["code"] == "timeout"
     assert "deadline of 2 s" in task["error"]["message"]
