@@ -34,6 +34,13 @@ TASKS_SUBMITTED = Counter(
     ["workflow"],
 )
 
+TASKS_REFUSED = Counter(
+    "aimarket_tasks_refused",
+    "Submissions refused by a limit, by workflow and reason: rate_limited and "
+    "too_many_active_tasks (429), queue_full (503).",
+    ["workflow", "reason"],
+)
+
 STAGE_DURATION = Histogram(
     "aimarket_stage_duration_seconds",
     "Wall time of one stage run, by actor and outcome (ok; failed: a StageError, never "
@@ -155,3 +162,11 @@ def serve_worker_metrics() -> int:
     finally:
         server.server_close()
     return 0
+
+
+SWEEP_ACTIONS = Counter(
+    "aimarket_sweep_actions",
+    "What the sweep did to tasks (timeout: ended past its deadline; resumed: its work was "
+    "gone and it was started again; stuck: still no work after a resume, ended failed).",
+    ["action"],
+)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -28,13 +29,25 @@ class ErrorBody(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 def error_response(description: str) -> ResponseSpec:
     """An OpenAPI response entry whose body is an ErrorBody."""
-    return ResponseSpec(data_container=ErrorBody, description=description)
+    # No generated examples: Litestar's are random strings, and the repr of a whole ErrorBody
+    # as the example of an object.
+    return ResponseSpec(data_container=ErrorBody, description=description, generate_examples=False)
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.field = status, code, message, field
+        #: Sent with the error, e.g. the Retry-After of a 429 or 503.
+        self.headers = dict(headers or {})
 
 
 def _json(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> Response[Any]:
@@ -42,7 +55,8 @@ def _json(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -
 
 
 def api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[Any]:
-    return _json(exc.status, ErrorBody(code=exc.code, message=exc.message, field=exc.field))
+    body = ErrorBody(code=exc.code, message=exc.message, field=exc.field)
+    return _json(exc.status, body, headers=exc.headers or None)
 
 
 _PATH = re.compile(r"`?\$\.([\w.\[\]]+)`?")
@@ -84,7 +98,8 @@ def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     code = {405: "method_not_allowed", 413: "body_too_large", 429: "rate_limited"}.get(
         exc.status_code, "http_error"
     )
-    return _json(exc.status_code, ErrorBody(code=code, message=exc.detail))
+    # Kept: a 405's Allow (RFC 9110 requires it), a 429's Retry-After.
+    return _json(exc.status_code, ErrorBody(code=code, message=exc.detail), headers=exc.headers)
 
 
 def internal_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

@@ -12,6 +12,7 @@ from actors.webhooks import secret_key, webhook_secret
 from aimarket.backends import Media, State, api_token, database_url, make_media, make_state
 from aimarket.broker import setup_broker
 from aimarket.settings import Settings
+from api.limits import Limits
 from db.engine import Database
 from workflows.compiler import Plan, compile_workflow, declare_queues
 from workflows.loader import load_configured
@@ -28,6 +29,8 @@ class Services:
     broker: dramatiq.Broker
     workflows: dict[str, Workflow]
     plans: dict[str, Plan]
+    #: Per-user rate limit and quota, and queue back-pressure, checked by POST /v1/tasks.
+    limits: Limits
     #: Publishes run on these long-lived threads: Dramatiq keeps a RabbitMQ connection per
     #: thread, and a pool that retires idle threads (anyio's) leaks one connection each time.
     publisher: ThreadPoolExecutor = field(
@@ -49,15 +52,17 @@ class Services:
         workflows = load_configured(settings)
         plans = {name: compile_workflow(wf, STAGE_QUEUES) for name, wf in workflows.items()}
         declare_queues(broker, plans)
+        db, state = Database(database_url(settings)), make_state(settings)
         return cls(
             settings=settings,
             token=token,
-            db=Database(database_url(settings)),
-            state=make_state(settings),
+            db=db,
+            state=state,
             store=make_media(settings),
             broker=broker,
             workflows=workflows,
             plans=plans,
+            limits=Limits.build(settings, state, broker, db, workflows),
         )
 
     async def publish(self, plan: Plan, task_id: str) -> None:

@@ -31,6 +31,10 @@ How to run
     machine with Postgres (127.0.0.1:5432, user postgres, trust auth), Redis (6379) and
     RabbitMQ (5672, guest/guest, ``rabbitmqctl`` usable by this user) running.
 
+    The per-user limits and the queue bound are off (``RATE_LIMIT_PER_MINUTE``,
+    ``MAX_ACTIVE_TASKS_PER_USER`` and ``MAX_QUEUE_DEPTH`` are 0), so the figures stay
+    comparable with those measured before the limits existed.
+
     It builds its own backends and removes them at the end, also on an error or Ctrl-C: a
     fresh database ``aimarket_bench_<hex>`` migrated by Alembic, a RabbitMQ vhost, Redis
     database 12 (flushed) and moto's S3 server on a free loopback port.
@@ -392,6 +396,11 @@ def service_env(backends: Backends) -> dict[str, str]:
         MARKETPLACE_TOKEN=TOKEN,
         WEBHOOK_SECRET="whsec_" + "b" * 43 + "=",
         LOG_LEVEL="WARNING",
+        # Limits off: no worker drains the queue, so MAX_QUEUE_DEPTH would refuse most submits;
+        # the per-user checks are off too, so the figures stay comparable with earlier ones.
+        RATE_LIMIT_PER_MINUTE="0",
+        MAX_ACTIVE_TASKS_PER_USER="0",
+        MAX_QUEUE_DEPTH="0",
         # The API runs the code of the tree this file is in, as the baseline does, even when
         # the installed (editable) package points at another checkout.
         PYTHONPATH=str(ROOT),
