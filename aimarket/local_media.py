@@ -75,4 +75,6 @@ class LocalMediaStore:
     def verify(self, key: str, expires: int, signature: str) -> bool:
         if expires < time.time():
             return False
-        return hmac.compare_digest(sign(self.key, key, expires), signature)
+        # As bytes: compare_digest refuses str with non-ASCII characters (a TypeError, a 500).
+        expected = sign(self.key, key, expires).encode()
+        return hmac.compare_digest(expected, signature.encode("utf-8", "replace"))

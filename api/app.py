@@ -28,7 +28,7 @@ from api.errors import HANDLERS
 from api.health import live, ready
 from api.media import media
 from api.metrics import PROMETHEUS, count_submitted, metrics, watch_queues
-from api.openapi import add_workflow_inputs
+from api.openapi import add_workflow_inputs, document_errors
 from api.playground import playground
 from api.services import Services
 from api.stats import stats
@@ -113,6 +113,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     app.state.services = services
     add_workflow_inputs(app, services.workflows)
+    document_errors(app)
     return app
 
 

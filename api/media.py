@@ -28,6 +28,8 @@ CONTENT_TYPES = {
     tags=["media"],
     summary="A stored output, by signed link (embedded mode)",
     include_in_schema=True,
+    # For the document: the file's own type is sent (see CONTENT_TYPES).
+    media_type="*/*",
     responses={401: error_response("Expired or wrong signature"), 404: error_response("No file")},
 )
 async def media(key: str, expires: int, sig: str, services: Services) -> File:

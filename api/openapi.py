@@ -1,13 +1,16 @@
 """Puts each workflow's input schema into the OpenAPI document, so a client generated from
-it (or a reader of /schema) sees what ``input`` takes for every workflow."""
+it (or a reader of /schema) sees what ``input`` takes for every workflow; and makes the
+document's error responses the ones the API really sends."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from litestar import Litestar
 from litestar._openapi.plugin import OpenAPIPlugin
 
+from api.errors import ErrorBody
 from workflows.inputs import input_json_schema
 from workflows.spec import Workflow
 
@@ -31,7 +34,14 @@ def add_workflow_inputs(app: Litestar, workflows: dict[str, Workflow]) -> None:
         name = schema_name(workflow)
         schemas[name] = {**input_json_schema(workflow), "title": name}
         refs[workflow.name] = f"#/components/schemas/{name}"
-    body = schemas.get("CreateTask", {}).get("properties", {}).get("input")
+    create = schemas.get("CreateTask", {})
+    properties = create.get("properties", {})
+    if properties:
+        # The body refuses unknown fields (forbid_unknown_fields), which Litestar leaves out.
+        create["additionalProperties"] = False
+    if "workflow" in properties:
+        properties["workflow"]["enum"] = sorted(workflows)
+    body = properties.get("input")
     if body is not None:
         # anyOf, not oneOf: two workflows may accept the same object; `workflow` decides.
         body["anyOf"] = [{"$ref": ref} for ref in refs.values()]
@@ -39,3 +49,62 @@ def add_workflow_inputs(app: Litestar, workflows: dict[str, Workflow]) -> None:
             f"{wf} -> {ref.rsplit('/', 1)[1]}" for wf, ref in refs.items()
         )
         body["x-workflow-inputs"] = refs
+
+
+_ERROR_REF = "#/components/schemas/ErrorBody"
+
+
+def document_errors(app: Litestar) -> None:
+    """Makes each operation's error responses the ones the API sends (see api/errors.py).
+
+    Litestar documents a 400 of its own shape (``status_code``, ``detail``) on every route
+    that has parameters, but the API answers an ErrorBody, and a route whose only parameters
+    are path strings can never answer 400. And every route behind the bearer token can
+    answer 401, which no route lists itself.
+    """
+    document: dict[str, Any] = app.plugins.get(OpenAPIPlugin).provide_openapi_schema()
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    if "ErrorBody" not in schemas:
+        _, components = msgspec.json.schema_components(
+            [ErrorBody], ref_template="#/components/schemas/{name}"
+        )
+        schemas.update(components)
+
+    def error(description: str) -> dict[str, Any]:
+        content = {"application/json": {"schema": {"$ref": _ERROR_REF}}}
+        return {"description": description, "content": content}
+
+    for item in document.get("paths", {}).values():
+        for operation in item.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            responses = operation["responses"]
+            if "400" in responses and _litestar_400(responses["400"]):
+                if _may_be_malformed(operation):
+                    responses["400"] = error(
+                        "A parameter or the body is missing or of the wrong type "
+                        "(code `invalid_request`, with the field)"
+                    )
+                else:
+                    del responses["400"]
+            if operation.get("security", document.get("security")):
+                responses.setdefault(
+                    "401", error("No valid `Authorization: Bearer <token>` header")
+                )
+
+
+def _litestar_400(response: dict[str, Any]) -> bool:
+    """True for the 400 Litestar documents by itself (the ValidationException's shape)."""
+    schema = response.get("content", {}).get("application/json", {}).get("schema", {})
+    return "status_code" in schema.get("properties", {}) or any(
+        "status_code" in s.get("properties", {}) for s in schema.get("oneOf", [])
+    )
+
+
+def _may_be_malformed(operation: dict[str, Any]) -> bool:
+    """Whether Litestar's validation can refuse a request: it has a body, a query or header
+    parameter, or a path parameter that is not a plain string."""
+    return "requestBody" in operation or any(
+        p.get("in") != "path" or p.get("schema") != {"type": "string"}
+        for p in operation.get("parameters", [])
+    )

@@ -1,0 +1,347 @@
+"""The API against its own OpenAPI document: schemathesis generates requests for every
+operation (valid ones and ones that break the schema) and checks each answer; a table of
+hand-written requests shows that every documented status code can really be produced.
+
+The app is the embedded one, in-process (SQLite in a temporary DATA_DIR, in-memory queue and
+state), with its worker threads not started: submitted tasks stay queued and never load a
+model.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import wave
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import dramatiq.broker
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.config import SchemathesisConfig
+from schemathesis.core import NOT_SET
+from schemathesis.core.transport import Response
+from schemathesis.python.asgi import shutdown_lifespans
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from schemathesis.specs.openapi.schemas import OpenApiSchema
+
+import actors.resources
+import aimarket.broker
+import api.uploads as api_uploads
+from aimarket.local_media import sign
+from aimarket.settings import load_settings
+from api.services import Services
+from tests.conftest import TOKEN
+
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+#: Examples per operation and generation mode (valid, invalid) in the fuzzing phase; the
+#: examples and coverage phases add their own, bounded by the document.
+MAX_EXAMPLES = 100
+
+
+ACCEPTED = ["2xx", "401", "404", "409", "422"]
+CONFIG = SchemathesisConfig.from_dict(
+    {
+        # Every request carries the token, but the one the ignored_auth check sends without it.
+        "auth": {"openapi": {"bearer": {"bearer": TOKEN}}},
+        "checks": {
+            # A request the schema allows may still be refused for what the schema cannot say
+            # (a callback URL on a private network, an upload that does not exist, the input
+            # of another workflow): 422, never 400.
+            "positive_data_acceptance": {"expected-statuses": ACCEPTED},
+            # Litestar 2's automatic OPTIONS answers an Allow naming only one handler's methods
+            # when a path has two (GET and POST /v1/tasks): litestar-org/litestar#4169, fixed
+            # in Litestar 3 only. The Allow of a 405 is checked by unsupported_method.
+            "allow_header_conformance": {"enabled": False},
+        },
+        "operations": [
+            # 'from' after 'to' is a 400 (invalid_range), which the schema cannot express.
+            {
+                "include-path": "/v1/stats",
+                "checks": {"positive_data_acceptance": {"expected-statuses": [*ACCEPTED, "400"]}},
+            },
+            # Query strings are read leniently, not refused: of a repeated parameter the last
+            # counts, and a number is a Unix time where a date-time is expected.
+            {
+                "include-path-regex": "^/v1/(stats|tasks)$",
+                "include-method": "GET",
+                "checks": {"negative_data_rejection": {"enabled": False}},
+            },
+        ],
+    }
+)
+
+
+@pytest.fixture
+def api_schema(tmp_path: Path) -> Iterator[OpenApiSchema]:
+    """The document of a fresh app, whose lifespan runs until the test ends (schemathesis ends
+    it after each test, and the app's cannot start twice)."""
+    from api import app as app_module
+
+    env = {
+        "DATA_DIR": str(tmp_path / "data"),
+        "MARKETPLACE_TOKEN": TOKEN,
+        "WEBHOOK_SECRET": "whsec_" + "a" * 43 + "=",
+        "LOG_LEVEL": "WARNING",
+        # Many submissions by few users, fast: no limit may turn them into 429s.
+        "RATE_LIMIT_PER_MINUTE": "0",
+        "MAX_ACTIVE_TASKS_PER_USER": "0",
+        "MAX_QUEUE_DEPTH": "0",
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        # The app sets process-wide globals (the broker, the workers' settings): put them back
+        # for the tests that run after this one.
+        patch.setattr(aimarket.broker, "_broker", None)
+        patch.setattr(dramatiq.broker, "global_broker", dramatiq.broker.global_broker)
+        patch.setattr(actors.resources, "_resources", actors.resources._resources)
+        patch.setattr(app_module, "start_worker", lambda services: None)
+        app = app_module.create_app(load_settings(env, env_file=None))
+        # Loading the document starts the app's lifespan, which lives until shutdown_lifespans.
+        schema = schemathesis.openapi.from_asgi("/schema/openapi.json", app, config=CONFIG)
+        try:
+            yield schema
+        finally:
+            shutdown_lifespans()
+
+
+@pytest.fixture(autouse=True)
+def _node_id(request: pytest.FixtureRequest) -> None:
+    # schemathesis (4.32) names each operation's subtest by rewriting the private
+    # `Node._nodeid`, which pytest 9.2 no longer has: give it one to rewrite.
+    request.node._nodeid = request.node.nodeid
+
+
+#: Operations left out, of both tests: the admin API is being written as this lands (it
+#: answers an undocumented 403 while ADMIN_TOKEN is unset); its rows go in PRODUCERS with it.
+NOT_YET = "^/v1/admin/"
+
+schema = schemathesis.pytest.from_fixture("api_schema").exclude(path_regex=NOT_YET)
+
+
+@schema.parametrize()
+@settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    # The same examples each run: the suite stays deterministic (explore with another seed by
+    # hand: derandomize=False and pytest --hypothesis-seed=N).
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+def test_no_operation_fails_on_generated_input(case: schemathesis.Case) -> None:
+    case.call_and_validate()
+
+
+# --- Every documented status code is real ---------------------------------------------------
+
+GOOD = {"workflow": "text2sound", "user_id": "fuzz", "input": {"prompt": "rain", "duration": 1}}
+NO_TASK = "00000000-0000-4000-8000-000000000000"
+
+
+def wav(seconds: float = 0.5, rate: int = 16000) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(rate)
+        f.writeframes(b"\0\0" * int(seconds * rate))
+    return out.getvalue()
+
+
+class Api:
+    """Hand-written requests to the fuzzed app, each answer checked against the document."""
+
+    def __init__(self, schema: OpenApiSchema, patch: pytest.MonkeyPatch) -> None:
+        self.schema, self.patch = schema, patch
+        self.services: Services = schema.app.state.services
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        auth: bool = True,
+        path_parameters: dict[str, Any] | None = None,
+        query: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        body: Any = NOT_SET,
+        media_type: str | None = None,
+    ) -> Response:
+        case = self.schema[path][method].Case(
+            path_parameters=path_parameters,
+            query=query,
+            headers={**(AUTH if auth else {}), **(headers or {})},
+            body=body,
+            media_type=media_type,
+        )
+        response = case.call()
+        case.validate_response(
+            response,
+            checks=[status_code_conformance, content_type_conformance, response_schema_conformance],
+        )
+        return response
+
+    def task(self, **change: Any) -> str:
+        response = self.call("POST", "/v1/tasks", body={**GOOD, **change})
+        assert response.status_code == 202, response.text
+        return str(response.json()["task_id"])
+
+    def ended_task(self) -> str:
+        task_id = self.task()
+        self.call("POST", "/v1/tasks/{task_id}/cancel", path_parameters={"task_id": task_id})
+        return task_id
+
+    def media_link(self) -> tuple[str, dict[str, Any]]:
+        self.services.store.put("fuzz/a.wav", wav(), "audio/wav")
+        url = urlsplit(self.services.store.presign("fuzz/a.wav"))
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        return url.path.removeprefix("/media/"), query
+
+
+def _tasks_post_replay(api: Api) -> Response:
+    headers = {"Idempotency-Key": "fuzz-replay"}
+    api.call("POST", "/v1/tasks", headers=headers, body=GOOD)
+    return api.call("POST", "/v1/tasks", headers=headers, body=GOOD)
+
+
+def _tasks_post_conflict(api: Api) -> Response:
+    headers = {"Idempotency-Key": "fuzz-conflict"}
+    api.call("POST", "/v1/tasks", headers=headers, body=GOOD)
+    other = {**GOOD, "input": {"prompt": "snow", "duration": 1}}
+    return api.call("POST", "/v1/tasks", headers=headers, body=other)
+
+
+def _tasks_post_rate_limited(api: Api) -> Response:
+    api.patch.setattr(api.services.limits, "rate_per_minute", 1)
+    api.patch.setattr(api.services.limits, "burst", 1)
+    body = {**GOOD, "user_id": "fuzz-limited"}
+    api.call("POST", "/v1/tasks", body=body)
+    return api.call("POST", "/v1/tasks", body=body)
+
+
+def _tasks_post_queue_down(api: Api) -> Response:
+    async def down(*_: Any) -> None:
+        raise ConnectionError("the broker is down")
+
+    api.patch.setattr(api.services, "publish", down)
+    return api.call("POST", "/v1/tasks", body=GOOD)
+
+
+def _upload_too_large(api: Api) -> Response:
+    api.patch.setattr(api_uploads, "MAX_UPLOAD_BYTES", 100)
+    return api.call("POST", "/v1/uploads", body=wav(), media_type="application/octet-stream")
+
+
+def _media(api: Api, status: int) -> Response:
+    key, query = api.media_link()
+    if status == 400:
+        query.pop("sig")
+    elif status == 401:
+        query["sig"] = "0" * 64
+    elif status == 404:
+        key = "fuzz/none.wav"
+        query["sig"] = sign(api.services.store.key, key, int(query["expires"]))  # type: ignore[union-attr]
+    return api.call("GET", "/media/{key}", auth=False, path_parameters={"key": key}, query=query)
+
+
+def _by_id(method: str, path: str, status: int) -> Callable[[Api], Response]:
+    def call(api: Api) -> Response:
+        task_id = {200: api.task, 202: api.task, 409: api.ended_task}.get(status, lambda: NO_TASK)()
+        return api.call(method, path, path_parameters={"task_id": task_id}, auth=status != 401)
+
+    return call
+
+
+#: One request per (operation, documented status) that gets exactly that status.
+PRODUCERS: dict[tuple[str, str, int], Callable[[Api], Response]] = {
+    ("POST", "/v1/tasks", 202): lambda api: api.call("POST", "/v1/tasks", body=GOOD),
+    ("POST", "/v1/tasks", 200): _tasks_post_replay,
+    ("POST", "/v1/tasks", 400): lambda api: api.call(
+        "POST", "/v1/tasks", body={**GOOD, "user_id": ""}
+    ),
+    ("POST", "/v1/tasks", 401): lambda api: api.call("POST", "/v1/tasks", auth=False, body=GOOD),
+    ("POST", "/v1/tasks", 409): _tasks_post_conflict,
+    ("POST", "/v1/tasks", 413): lambda api: api.call(
+        "POST", "/v1/tasks", body={**GOOD, "input": {"prompt": "x" * 1_100_000}}
+    ),
+    ("POST", "/v1/tasks", 422): lambda api: api.call(
+        "POST", "/v1/tasks", body={**GOOD, "input": {"prompt": "rain", "duration": 0}}
+    ),
+    ("POST", "/v1/tasks", 429): _tasks_post_rate_limited,
+    ("POST", "/v1/tasks", 503): _tasks_post_queue_down,
+    ("GET", "/v1/tasks", 200): lambda api: api.call("GET", "/v1/tasks", query={"user_id": "fuzz"}),
+    ("GET", "/v1/tasks", 400): lambda api: api.call("GET", "/v1/tasks", query={"user_id": ""}),
+    ("GET", "/v1/tasks", 401): lambda api: api.call(
+        "GET", "/v1/tasks", auth=False, query={"user_id": "fuzz"}
+    ),
+    **{
+        (method, path, status): _by_id(method, path, status)
+        for method, path, statuses in [
+            ("GET", "/v1/tasks/{task_id}", (200, 401, 404)),
+            ("GET", "/v1/tasks/{task_id}/callbacks", (200, 401, 404)),
+            ("GET", "/v1/tasks/{task_id}/events", (401, 404)),
+            ("POST", "/v1/tasks/{task_id}/cancel", (202, 401, 404, 409)),
+        ]
+        for status in statuses
+    },
+    # A stream of an ended task: its one `done` event, then the end.
+    ("GET", "/v1/tasks/{task_id}/events", 200): lambda api: api.call(
+        "GET", "/v1/tasks/{task_id}/events", path_parameters={"task_id": api.ended_task()}
+    ),
+    ("GET", "/v1/stats", 200): lambda api: api.call("GET", "/v1/stats", query={"user_id": "fuzz"}),
+    ("GET", "/v1/stats", 400): lambda api: api.call(
+        "GET",
+        "/v1/stats",
+        query={"user_id": "fuzz", "from": "2026-02-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"},
+    ),
+    ("GET", "/v1/stats", 401): lambda api: api.call(
+        "GET", "/v1/stats", auth=False, query={"user_id": "fuzz"}
+    ),
+    ("GET", "/v1/workflows", 200): lambda api: api.call("GET", "/v1/workflows"),
+    ("GET", "/v1/workflows", 401): lambda api: api.call("GET", "/v1/workflows", auth=False),
+    ("POST", "/v1/uploads", 201): lambda api: api.call(
+        "POST", "/v1/uploads", body=wav(), media_type="application/octet-stream"
+    ),
+    ("POST", "/v1/uploads", 401): lambda api: api.call(
+        "POST", "/v1/uploads", auth=False, body=wav(), media_type="application/octet-stream"
+    ),
+    ("POST", "/v1/uploads", 413): _upload_too_large,
+    ("POST", "/v1/uploads", 422): lambda api: api.call(
+        "POST", "/v1/uploads", body=b"not audio", media_type="application/octet-stream"
+    ),
+    ("GET", "/health/live", 200): lambda api: api.call("GET", "/health/live", auth=False),
+    ("GET", "/health/ready", 200): lambda api: api.call("GET", "/health/ready", auth=False),
+    ("GET", "/metrics", 200): lambda api: api.call("GET", "/metrics", auth=False),
+    **{("GET", "/media/{key}", s): partial(_media, status=s) for s in (200, 400, 401, 404)},
+}
+
+
+def documented(schema: OpenApiSchema) -> set[tuple[str, str, int]]:
+    return {
+        (method.upper(), path, int(status))
+        for path, item in schema.raw_schema["paths"].items()
+        for method, operation in item.items()
+        if isinstance(operation, dict)
+        for status in operation.get("responses", {})
+    }
+
+
+def test_every_documented_status_is_produced(api_schema: OpenApiSchema) -> None:
+    codes = {c for c in documented(api_schema) if not re.match(NOT_YET, c[1])}
+    unshown = sorted(codes - PRODUCERS.keys())
+    assert not unshown, f"documented, but no request in PRODUCERS gets it: {unshown}"
+    undocumented = sorted(PRODUCERS.keys() - codes)
+    assert not undocumented, f"answered by the API, but not in the document: {undocumented}"
+    for (method, path, status), produce in sorted(PRODUCERS.items()):
+        with pytest.MonkeyPatch.context() as patch:
+            response = produce(Api(api_schema, patch))
+        assert response.status_code == status, (method, path, response.text)
