@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,15 +23,18 @@ from aimarket.backends import database_url, describe
 from aimarket.broker import is_embedded
 from aimarket.logs import bind, litestar_logging, route_uvicorn_to_root
 from aimarket.settings import Settings, get_settings
+from aimarket.sweep import Sweeper, make_marks
+from api.admin import admin_router, check_admin_token
 from api.auth import require_token
 from api.cancel import cancel_task
 from api.embedded import resume_unfinished, start_worker, stop_worker
 from api.errors import HANDLERS
 from api.health import live, ready
 from api.media import media
-from api.metrics import PROMETHEUS, count_submitted, metrics, watch_queues
+from api.metrics import PROMETHEUS, count_submitted, metrics, queue_counts, watch_queues
 from api.openapi import add_workflow_inputs, document_errors
 from api.playground import playground
+from api.scope import SCOPE_PARAMETER
 from api.services import Services
 from api.stats import stats
 from api.tasks import TaskController
@@ -47,9 +52,20 @@ def create_app(settings: Settings | None = None) -> Litestar:
         # Embedded SQLite: built (and later upgraded) by the same Alembic migrations.
         upgrade(database_url(settings))
     services = Services.build(settings)
+    check_admin_token(settings, services.token)
     embedded = is_embedded(services.broker)
     if embedded:
         use_settings(settings)
+    sweeper = Sweeper(
+        db=services.db,
+        state=services.state,
+        broker=services.broker,
+        plans=services.plans,
+        settings=settings,
+        marks=make_marks(settings),
+        queue_counts=lambda: queue_counts(services.broker),
+        publisher=services.publisher,
+    )
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -71,11 +87,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
         worker = start_worker(services) if embedded else None
         if worker is not None:
             await resume_unfinished(services)
+        # Every API process sweeps (one at a time: the sweep's lock), so no task stays stuck.
+        sweeping = asyncio.create_task(sweeper.loop(), name="sweep")
         try:
             yield
         finally:
+            sweeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeping
             if worker is not None:
                 await stop_worker(worker)
+            await sweeper.close()
             await services.close()
 
     v1 = Router(
@@ -83,11 +105,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[TaskController, cancel_task, stats, list_workflows, upload_audio],
         guards=[require_token],
         security=[{"bearer": []}],
+        parameters={"user_scope": SCOPE_PARAMETER},
         before_request=bind_request_context,
         after_request=count_submitted,
     )
     app = Litestar(
-        route_handlers=[v1, live, ready, media, playground, metrics],
+        # The admin router is outside v1: the marketplace's token must not open it.
+        route_handlers=[v1, admin_router(sweeper), live, ready, media, playground, metrics],
         middleware=[PROMETHEUS.middleware],
         dependencies={"services": Provide(lambda: services, sync_to_thread=False)},
         exception_handlers=HANDLERS,
@@ -102,7 +126,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 security_schemes={
                     "bearer": SecurityScheme(
                         type="http", scheme="bearer", description="MARKETPLACE_TOKEN"
-                    )
+                    ),
+                    "admin": SecurityScheme(
+                        type="http", scheme="bearer", description="ADMIN_TOKEN (/v1/admin)"
+                    ),
                 }
             ),
         ),

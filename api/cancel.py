@@ -16,11 +16,11 @@ import uuid
 from typing import Any
 
 from litestar import Response, post
-from litestar.exceptions import NotFoundException
 from litestar.status_codes import HTTP_202_ACCEPTED
 
 from aimarket.task_view import TaskOut, task_view
 from api.errors import ApiError, error_response
+from api.scope import visible
 from api.services import Services
 from db.models import TaskStatus
 from db.tasks import finish_task, get_task
@@ -50,10 +50,11 @@ async def _keep(response: Response[Any]) -> Response[Any]:
     },
     after_request=_keep,
 )
-async def cancel_task(task_id: str, services: Services) -> Response[TaskOut]:
-    task = await get_task(services.db, task_id) if _is_uuid(task_id) else None
-    if task is None:
-        raise NotFoundException(f"no task '{task_id}'")
+async def cancel_task(
+    task_id: str, services: Services, user_scope: str | None
+) -> Response[TaskOut]:
+    found = await get_task(services.db, task_id) if _is_uuid(task_id) else None
+    task = visible(found, user_scope, task_id)
     ended = not TaskStatus(task.status).terminal and await finish_task(
         services.db,
         task_id,

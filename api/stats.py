@@ -9,6 +9,7 @@ from litestar.params import Parameter
 
 from api.errors import ApiError, error_response
 from api.schemas import StatsOut, WorkflowStatsOut
+from api.scope import scoped_user
 from api.services import Services
 from db.tasks import user_stats
 
@@ -17,12 +18,19 @@ from db.tasks import user_stats
     "/v1/stats",
     tags=["stats"],
     summary="A user's usage per workflow",
-    responses={400: error_response("Missing user_id or bad time range")},
+    responses={
+        400: error_response("Missing user_id (required without X-User-Scope) or bad time range"),
+        403: error_response("user_id is not the user of X-User-Scope"),
+    },
 )
 async def stats(
     services: Services,
-    user_id: str = Parameter(
-        min_length=1, max_length=200, description="The marketplace's user id."
+    user_scope: str | None,
+    user_id: str | None = Parameter(
+        min_length=1,
+        max_length=200,
+        required=False,
+        description="The marketplace's user id; required unless X-User-Scope names the user.",
     ),
     start: datetime | None = Parameter(
         query="from", default=None, description="Only tasks created at or after this time."
@@ -33,9 +41,10 @@ async def stats(
 ) -> StatsOut:
     if start is not None and end is not None and start > end:
         raise ApiError(400, "invalid_range", "'from' must not be after 'to'", "from")
-    rows = await user_stats(services.db, user_id, start, end)
+    user = scoped_user(user_id, user_scope)
+    rows = await user_stats(services.db, user, start, end)
     return StatsOut(
-        user_id=user_id,
+        user_id=user,
         start=start,
         end=end,
         workflows=[

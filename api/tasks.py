@@ -13,7 +13,6 @@ import anyio
 import anyio.to_thread
 import msgspec
 from litestar import Controller, Response, get, post
-from litestar.exceptions import NotFoundException
 from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
@@ -24,6 +23,7 @@ from aimarket.ssrf import Unresolvable, UnsafeURL, check_url
 from aimarket.task_view import TaskList, TaskOut, task_view
 from api.errors import ApiError, error_response
 from api.schemas import CreateTask
+from api.scope import scoped_user, visible
 from api.services import Services
 from db import callbacks, idempotency, stage_runs
 from db.models import Task, TaskStatus
@@ -251,6 +251,7 @@ class TaskController(Controller):
                 "Malformed JSON, a body of the wrong shape, or an empty or over-long "
                 "Idempotency-Key"
             ),
+            403: error_response("user_id is not the user of X-User-Scope"),
             409: error_response("The Idempotency-Key was already used with another body"),
             413: error_response("The body is over the size limit (1 MB)"),
             422: error_response("Unknown workflow, invalid input or invalid callback URL"),
@@ -280,7 +281,9 @@ class TaskController(Controller):
             f"{idempotency.MAX_KEY_LENGTH} characters. A retry with the same key and body "
             "returns the original task instead of a new one.",
         ),
+        user_scope: str | None = None,
     ) -> Response[TaskOut]:
+        scoped_user(data.user_id, user_scope)  # a 403 for another user's submission
         submitted = await submit(services, data, idempotency_key)
         task = submitted.task
         if submitted.replayed:
@@ -306,25 +309,33 @@ class TaskController(Controller):
         summary="A task's status and result",
         responses={404: error_response("No such task")},
     )
-    async def read(self, task_id: str, services: Services) -> TaskOut:
-        task = await get_task(services.db, task_id) if _is_uuid(task_id) else None
-        if task is None:
-            raise NotFoundException(f"no task '{task_id}'")
+    async def read(self, task_id: str, services: Services, user_scope: str | None) -> TaskOut:
+        task = await _find(services, task_id, user_scope)
         live = await services.state.get(task_id) if not TaskStatus(task.status).terminal else None
         return task_view(task, services.store, live, await stage_runs.runs(services.db, task_id))
 
     @get(
         "/",
         summary="A user's recent tasks, newest first",
-        responses={400: error_response("Missing user_id")},
+        responses={
+            400: error_response("Missing user_id (required without X-User-Scope)"),
+            403: error_response("user_id is not the user of X-User-Scope"),
+        },
     )
     async def list_tasks(
         self,
         services: Services,
-        user_id: str = Parameter(min_length=1, max_length=200),
+        user_scope: str | None,
+        user_id: str | None = Parameter(
+            min_length=1,
+            max_length=200,
+            required=False,
+            description="Whose tasks; required unless X-User-Scope names the user.",
+        ),
         limit: int = Parameter(default=20, ge=1, le=100),
     ) -> TaskList:
-        tasks = await recent_tasks(services.db, user_id, limit)
+        user = scoped_user(user_id, user_scope)
+        tasks = await recent_tasks(services.db, user, limit)
         return TaskList(tasks=[task_view(t, services.store) for t in tasks])
 
     @get(
@@ -336,10 +347,10 @@ class TaskController(Controller):
         media_type="text/event-stream",  # for the document; ServerSentEvent sets its own
         responses={404: error_response("No such task")},
     )
-    async def events(self, task_id: str, services: Services) -> ServerSentEvent:
-        task = await get_task(services.db, task_id) if _is_uuid(task_id) else None
-        if task is None:
-            raise NotFoundException(f"no task '{task_id}'")
+    async def events(
+        self, task_id: str, services: Services, user_scope: str | None
+    ) -> ServerSentEvent:
+        await _find(services, task_id, user_scope)
         return ServerSentEvent(task_events(services, task_id))
 
     @get(
@@ -349,10 +360,10 @@ class TaskController(Controller):
         "of one delivery), the HTTP status the receiver answered, or the error when none came.",
         responses={404: error_response("No such task")},
     )
-    async def callback_attempts(self, task_id: str, services: Services) -> CallbackAttemptList:
-        task = await get_task(services.db, task_id) if _is_uuid(task_id) else None
-        if task is None:
-            raise NotFoundException(f"no task '{task_id}'")
+    async def callback_attempts(
+        self, task_id: str, services: Services, user_scope: str | None
+    ) -> CallbackAttemptList:
+        await _find(services, task_id, user_scope)
         rows = await callbacks.attempts(services.db, task_id)
         return CallbackAttemptList(
             attempts=[
@@ -398,6 +409,12 @@ async def task_events(services: Services, task_id: str) -> AsyncIterator[ServerS
             yield ServerSentEventMessage(comment="keep-alive")
         await anyio.sleep(POLL_S)
         quiet += POLL_S
+
+
+async def _find(services: Services, task_id: str, scope: str | None) -> Task:
+    """The task, or the 404 of a missing one (also for another user's task under a scope)."""
+    task = await get_task(services.db, task_id) if _is_uuid(task_id) else None
+    return visible(task, scope, task_id)
 
 
 def _is_uuid(value: str) -> bool:
