@@ -102,9 +102,25 @@ def _litestar_400(response: dict[str, Any]) -> bool:
 
 
 def _may_be_malformed(operation: dict[str, Any]) -> bool:
-    """Whether Litestar's validation can refuse a request: it has a body, a query or header
-    parameter, or a path parameter that is not a plain string."""
+    """Whether Litestar's validation can refuse a request: it has a body, a parameter that is
+    not a plain string, or a required query or header parameter (which may be missing). An
+    optional header of any text (X-User-Scope) cannot be refused."""
     return "requestBody" in operation or any(
-        p.get("in") != "path" or p.get("schema") != {"type": "string"}
+        not _plain_string(p.get("schema", {}))
+        or (p.get("in") != "path" and p.get("required", False))
         for p in operation.get("parameters", [])
+    )
+
+
+def _plain_string(schema: dict[str, Any]) -> bool:
+    """A string schema with no constraint (``{"type": "string"}``, maybe or null); words for
+    people (description, title, examples) constrain nothing."""
+    schema = {k: v for k, v in schema.items() if k not in ("description", "title", "examples")}
+    if schema == {"type": "string"}:
+        return True
+    variants = schema.get("oneOf")
+    return (
+        isinstance(variants, list)
+        and set(schema) == {"oneOf"}
+        and all(v in ({"type": "string"}, {"type": "null"}) for v in variants)
     )

@@ -30,8 +30,6 @@ SCOPE_PARAMETER: Any = Parameter(
     str | None,
     header=HEADER,
     required=False,
-    min_length=1,
-    max_length=200,
     description="The marketplace user this request acts for: tasks of other users are then "
     "answered 404, and lists, stats and submissions are limited to this user.",
 )
