@@ -5,6 +5,7 @@ exactly as often as it should."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from dramatiq.middleware import CurrentMessage
@@ -50,3 +51,16 @@ async def sleep(task_id: str, workflow: str, stage_id: str, given: Any = None) -
     await count(task_id, stage_id)
     await asyncio.sleep(float((given or {}).get("seconds", 5)))
     return {}
+
+
+@stage("test.fail_while_marker")
+async def fail_while_marker(
+    task_id: str, workflow: str, stage_id: str, given: Any = None
+) -> dict[str, Any]:
+    """Fails (a RuntimeError) while the file ``given["marker"]`` exists: a cause an operator
+    can fix (remove the file) before retrying the dead-lettered message."""
+    await count(task_id, stage_id)
+    marker = str((given or {}).get("marker") or "")
+    if marker and await asyncio.to_thread(Path(marker).exists):
+        raise RuntimeError(f"marker {marker} is present")
+    return {"marker": marker}
