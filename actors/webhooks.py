@@ -27,6 +27,7 @@ from dramatiq.middleware import CurrentMessage
 from actors.resources import Resources
 from actors.retries import retryable
 from aimarket.backends import kept_secret
+from aimarket.metrics import CALLBACK_ATTEMPTS, CALLBACK_FAILURES
 from aimarket.settings import Settings, SettingsError
 from aimarket.ssrf import Unresolvable, UnsafeURL, pinned, safe_addresses
 from db.callbacks import next_attempt, record_attempt
@@ -156,16 +157,24 @@ async def deliver(
     if status is not None and (status >= 500 or status == 429):
         error, retry = f"answered {status}", True
     if retry:
+        CALLBACK_ATTEMPTS.labels(event, "error").inc()
         failure = CallbackError(f"callback {webhook_id} try {attempt}: {error}")
         if _last_try(failure):
+            CALLBACK_FAILURES.labels(event, "exhausted").inc()
             log.warning("callback for task %s gave up after %d tries: %s", task_id, attempt, error)
         else:
             log.info("callback for task %s try %d failed (retried): %s", task_id, attempt, error)
         raise failure
     if error is not None:
+        CALLBACK_ATTEMPTS.labels(event, "refused").inc()
+        CALLBACK_FAILURES.labels(event, "refused").inc()
         log.warning("callback for task %s not sent: %s", task_id, error)
         return {"callback": "refused"}
     assert status is not None
+    delivered = 200 <= status < 300
+    CALLBACK_ATTEMPTS.labels(event, "delivered" if delivered else "refused").inc()
+    if not delivered:
+        CALLBACK_FAILURES.labels(event, "refused").inc()
     if 300 <= status < 400:
         log.warning("callback for task %s answered a redirect %s (not followed)", task_id, status)
     elif status >= 400:

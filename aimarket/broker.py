@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
@@ -15,6 +18,7 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
+from aimarket.metrics import METRICS_PORT_ENV
 from aimarket.settings import Settings
 
 _broker: dramatiq.Broker | None = None
@@ -54,6 +58,10 @@ def setup_broker(settings: Settings, *, publisher: bool = False) -> dramatiq.Bro
         AsyncIO(),
         CurrentMessage(),
     ]
+    if url is not None and not publisher and os.environ.get(METRICS_PORT_ENV):
+        # A worker serving metrics (aimarket worker --metrics-port): Dramatiq's own message
+        # counters and durations join ours, served by our one exposition process.
+        middleware.append(_message_metrics())
     broker: dramatiq.Broker = (
         StubBroker(middleware=middleware)
         if url is None
@@ -64,6 +72,19 @@ def setup_broker(settings: Settings, *, publisher: bool = False) -> dramatiq.Bro
 
     _broker = broker
     return broker
+
+
+def _message_metrics() -> dramatiq.Middleware:
+    """Dramatiq's Prometheus middleware without its own HTTP server (port 9191): its samples
+    go to PROMETHEUS_MULTIPROC_DIR, which ``aimarket.metrics.serve_worker_metrics`` serves."""
+    from dramatiq.middleware.prometheus import Prometheus
+
+    class MessageMetrics(Prometheus):
+        @property
+        def forks(self) -> list[Any]:
+            return []
+
+    return MessageMetrics()
 
 
 def actor_queues() -> dict[str, str]:

@@ -150,8 +150,10 @@ def _worker_metrics(port: int) -> list[str]:
     folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(
         prefix="aimarket-metrics-"
     )
-    # Before anything imports prometheus_client, which reads it once.
+    # Before anything imports prometheus_client, which reads it once; Dramatiq's Prometheus
+    # middleware (aimarket.broker) writes its message metrics to the same folder.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    os.environ["dramatiq_prom_db"] = folder  # noqa: SIM112 (the name Dramatiq reads)
     from aimarket.metrics import METRICS_PORT_ENV, prepare_multiprocess_dir
 
     prepare_multiprocess_dir(folder)

@@ -41,6 +41,28 @@ TASKS_REFUSED = Counter(
     ["workflow", "reason"],
 )
 
+TASKS_FINISHED = Counter(
+    "aimarket_tasks_finished",
+    "Tasks that ended, by workflow and final status (succeeded, failed, cancelled), counted "
+    "where the ending is written (a worker, or the API for a cancel).",
+    ["workflow", "status"],
+)
+
+CALLBACK_ATTEMPTS = Counter(
+    "aimarket_callback_attempts",
+    "Tries at delivering a callback, by event (started, progress, completed) and outcome: "
+    "delivered (2xx), refused (3xx, 4xx or an address the SSRF guard refused: final) or "
+    "error (no answer, 5xx, 429: retried).",
+    ["event", "outcome"],
+)
+
+CALLBACK_FAILURES = Counter(
+    "aimarket_callback_failures",
+    "Callback deliveries that ended without a 2xx: given up after the last retry "
+    "(reason exhausted) or refused (reason refused).",
+    ["event", "reason"],
+)
+
 STAGE_DURATION = Histogram(
     "aimarket_stage_duration_seconds",
     "Wall time of one stage run, by actor and outcome (ok; failed: a StageError, never "

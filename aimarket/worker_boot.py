@@ -34,3 +34,7 @@ from actors.resources import resources  # noqa: E402
 # it consume queues that only a workflow names (a stage's ``queue:`` override).
 _plans = {name: compile_workflow(wf, STAGE_QUEUES) for name, wf in resources().workflows.items()}
 declare_queues(broker, _plans)
+# EXTRA_QUEUES are served by worker pools (`aimarket worker -Q musicgen-large`) whether or not
+# a workflow routes to them yet: a worker started for one must consume it.
+for _queue in settings.extra_queue_names:
+    broker.declare_queue(_queue)

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
+from aimarket.metrics import TASKS_FINISHED
 from db.engine import Database
 from db.models import Task, TaskStatus
 
@@ -99,7 +100,11 @@ async def finish_task(
         task.outputs = list(outputs)
         task.audio_s = audio_s
         task.error_code, task.error_message = error_code, error_message
-        return True
+        workflow = task.workflow
+    # Every ending of a task passes here, once (the first ending wins), so this is the one
+    # place that counts them all, whichever process wrote it.
+    TASKS_FINISHED.labels(workflow, str(status)).inc()
+    return True
 
 
 def _aware(value: datetime) -> datetime:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -9,11 +10,13 @@ import re
 import time
 import uuid
 
+import dramatiq
 import httpx
+import pika
 import pytest
 
 from aimarket.logs import ContextFilter, JsonFormatter, bind, log_context
-from tests.conftest import TOKEN, Api
+from tests.conftest import BIN, TOKEN, Api, free_port, start, stop
 
 
 def _value(text: str, name: str, **labels: str) -> float | None:
@@ -83,6 +86,21 @@ def test_metrics_after_a_text2music_task(embedded_api: Api) -> None:
     assert batch is not None
     assert batch >= 1
 
+    finished = _value(
+        text, "aimarket_tasks_finished_total", workflow="text2music", status="succeeded"
+    )
+    assert finished is not None
+    assert finished >= 1
+    # The final callback goes to the test receiver (MARKETPLACE_CALLBACK), on its own queue:
+    # it may land just after the task's status says succeeded.
+    deadline = time.monotonic() + 20
+    while not _value(
+        text, "aimarket_callback_attempts_total", event="completed", outcome="delivered"
+    ):
+        assert time.monotonic() < deadline, "no delivered callback counted"
+        time.sleep(0.3)
+        text = httpx.get(embedded_api.url + "/metrics", timeout=30).text
+
     # The embedded broker's queues, read at the scrape.
     assert _value(text, "aimarket_queue_messages", queue="musicgen", state="ready") == 0
 
@@ -141,3 +159,57 @@ def test_log_context_refuses_unknown_fields() -> None:
         pass
     with pytest.raises(TypeError):
         bind(token="x")
+
+
+def test_worker_metrics_include_dramatiqs_own(
+    service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`aimarket worker --metrics-port`: one endpoint with the stage metrics of every worker
+    process and Dramatiq's message metrics (its Prometheus middleware, without its own server).
+    The worker serves a queue of its own, so no other worker of the session takes the probe."""
+    queue = "metrics-probe"
+    port = free_port()
+    env = {**service_env, "EXTRA_QUEUES": queue}
+    workdir = tmp_path_factory.mktemp("metrics-worker")
+    args = [str(BIN / "aimarket"), "worker", "-Q", queue, "--metrics-port", str(port)]
+    proc = start(args, env, workdir / "worker.log", workdir)
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url, timeout=5).status_code == 200:
+                    break
+            assert proc.proc.poll() is None, proc.output()
+            assert time.monotonic() < deadline, "no metrics endpoint:\n" + proc.output()
+            time.sleep(0.3)
+        # A stage message, published as any producer would, on the worker's own queue.
+        task_id = str(uuid.uuid4())
+        message = dramatiq.Message(
+            queue_name=queue,
+            actor_name="test.echo",
+            args=(task_id, "dag-join", "probe"),
+            kwargs={},
+            options={},
+        )
+        params = pika.URLParameters(
+            f"amqp://guest:guest@127.0.0.1:5672/{service_env['RABBITMQ_VHOST']}"
+        )
+        with contextlib.closing(pika.BlockingConnection(params)) as connection:
+            connection.channel().basic_publish("", queue, message.encode())
+        deadline = time.monotonic() + 60
+        while True:
+            text = httpx.get(url, timeout=5).text
+            done = _value(text, "dramatiq_messages_total", queue_name=queue, actor_name="test.echo")
+            if done:
+                break
+            assert time.monotonic() < deadline, "the probe was not counted:\n" + proc.output()
+            time.sleep(0.3)
+        assert done == 1
+        assert _value(text, "dramatiq_message_errors_total", queue_name=queue) in (None, 0.0)
+        duration = _value(text, "dramatiq_message_duration_milliseconds_count", queue_name=queue)
+        assert duration == 1
+        ours = _value(text, "aimarket_stage_duration_seconds_count", actor="test.echo")
+        assert ours == 1
+    finally:
+        stop(proc)
