@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 RESEND_ACTORS = frozenset({"task.callback", "task.fail"})
 #: Options of a failed delivery that a retried message must not carry.
 FAILURE_OPTIONS = ("retries", "traceback", "requeue_timestamp", "eta")
+#: The 403 of every admin route while ADMIN_TOKEN is unset.
+OFF = "The admin API is off: ADMIN_TOKEN is not set (code `admin_disabled`)"
 #: Most messages a retry or discard looks through in one queue to find its message.
 SCAN_LIMIT = 100_000
 
@@ -320,7 +322,7 @@ async def _task_of(services: Services, letter: Letter) -> Task | None:
     summary="List dead-lettered messages",
     description="Messages that failed for good, oldest first per queue, with their error and "
     "the current status of their task. Listing leaves them in place.",
-    responses={401: error_response("Wrong or missing admin token"), 403: error_response("Off")},
+    responses={403: error_response(OFF)},
 )
 async def list_dead_letters(
     services: Services,
@@ -343,6 +345,7 @@ async def list_dead_letters(
     "answers 409 `task_ended` (and the message stays). Callbacks and `task.fail` messages are "
     "simply sent again.",
     responses={
+        403: error_response(OFF),
         404: error_response("No such dead letter"),
         409: error_response("The task has ended for good (`task_ended`, `deadline_passed`)"),
     },
@@ -376,7 +379,7 @@ async def retry_dead_letter(
     "/dead-letters/{message_id:str}/discard",
     status_code=200,
     summary="Discard a dead-lettered message",
-    responses={404: error_response("No such dead letter")},
+    responses={403: error_response(OFF), 404: error_response("No such dead letter")},
 )
 async def discard_dead_letter(message_id: str, services: Services) -> DeadLetterDone:
     broker = services.broker
@@ -396,7 +399,10 @@ async def discard_dead_letter(message_id: str, services: Services) -> DeadLetter
     description="Ends tasks past their deadline and resumes (or ends) tasks whose work is "
     "gone, as the periodic sweep does; answers what it did. 409 `sweep_running` when another "
     "sweep holds the lock for more than a few seconds.",
-    responses={409: error_response("Another sweep is running (`sweep_running`)")},
+    responses={
+        403: error_response(OFF),
+        409: error_response("Another sweep is running (`sweep_running`)"),
+    },
 )
 async def sweep_now(sweeper: Sweeper) -> SweepReport:
     report = await sweeper.run_once(wait_s=5.0)

@@ -139,6 +139,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ),
     )
     app.state.services = services
+    app.state.sweeper = sweeper
     add_workflow_inputs(app, services.workflows)
     document_errors(app)
     return app
