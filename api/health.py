@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 import anyio.to_thread
 import pika
 from litestar import Response, get
+from litestar.openapi import ResponseSpec
 from sqlalchemy import text
 
 from api.schemas import HealthOut
@@ -67,6 +68,12 @@ async def _check(name: str, services: Services) -> str:
     tags=["health"],
     summary="Every backend answers",
     description="503 names each backend that is down.",
+    responses={
+        503: ResponseSpec(
+            data_container=HealthOut,
+            description="A backend is down: `checks` says which (`down: <error type>`)",
+        )
+    },
 )
 async def ready(services: Services) -> Response[HealthOut]:
     results = await asyncio.gather(*(_check(name, services) for name in CHECKS))

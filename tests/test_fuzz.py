@@ -239,6 +239,14 @@ def _tasks_post_queue_down(api: Api) -> Response:
     return api.call("POST", "/v1/tasks", body=GOOD)
 
 
+def _media_down(api: Api) -> Response:
+    def down() -> None:
+        raise OSError("the media store is unreachable")
+
+    api.patch.setattr(api.services.store, "ping", down)
+    return api.call("GET", "/health/ready", auth=False)
+
+
 def _upload_too_large(api: Api) -> Response:
     api.patch.setattr(api_uploads, "MAX_UPLOAD_BYTES", 100)
     return api.call("POST", "/v1/uploads", body=wav(), media_type="application/octet-stream")
@@ -375,6 +383,7 @@ PRODUCERS: dict[tuple[str, str, int], Callable[[Api], Response]] = {
     ),
     ("GET", "/health/live", 200): lambda api: api.call("GET", "/health/live", auth=False),
     ("GET", "/health/ready", 200): lambda api: api.call("GET", "/health/ready", auth=False),
+    ("GET", "/health/ready", 503): _media_down,
     ("GET", "/metrics", 200): lambda api: api.call("GET", "/metrics", auth=False),
     **{("GET", "/media/{key}", s): partial(_media, status=s) for s in (200, 400, 401, 404)},
     **{
