@@ -408,6 +408,16 @@ def service_env(backends: Backends) -> dict[str, str]:
     return env
 
 
+#: --with-limits: every check runs on every submit, none refuses (each submit is a new user,
+#: the queue bound is far above what a run queues).
+LIMITS_ON = {
+    "RATE_LIMIT_PER_MINUTE": "60",
+    "RATE_LIMIT_BURST": "10",
+    "MAX_ACTIVE_TASKS_PER_USER": "20",
+    "MAX_QUEUE_DEPTH": "1000000000",
+}
+
+
 # --- The API process ----------------------------------------------------------------------
 
 
@@ -590,7 +600,9 @@ def api_op(clients: list[httpx.AsyncClient], prefix: str) -> Op:
     return op
 
 
-async def measure_api(api: Api, args: argparse.Namespace, run_tag: str) -> Phase:
+async def measure_api(
+    api: Api, args: argparse.Namespace, run_tag: str, label: str = "API"
+) -> Phase:
     c = args.concurrency
     # C connections either way. By default each concurrent client has its own AsyncClient
     # (a pool of one): httpx's shared pool costs the load generator 2 ms of CPU a request at
@@ -620,7 +632,7 @@ async def measure_api(api: Api, args: argparse.Namespace, run_tag: str) -> Phase
         how = "one shared pool" if args.shared_pool else "a pool each"
         log(f"API: {args.requests} submits, {c} clients, {how}")
         return await drive(
-            f"API POST /v1/tasks (C={c}{', shared pool' if args.shared_pool else ''})",
+            f"{label} POST /v1/tasks (C={c}{', shared pool' if args.shared_pool else ''})",
             args.requests,
             c,
             api_op(clients, f"bench-{run_tag}"),
@@ -850,6 +862,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(default: C clients with one connection each; the shared pool costs more CPU)",
     )
     parser.add_argument(
+        "--with-limits",
+        action="store_true",
+        help="then measure a second API with the per-user limits and the queue bound on (set "
+        "high enough never to refuse: every submit pays for the checks, none is refused)",
+    )
+    parser.add_argument(
         "--profile-api",
         type=Path,
         metavar="FILE",
@@ -880,10 +898,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         phases = asyncio.run(measure_all())
         # Read after the load, while the process still holds what the run made it allocate.
         info = inspect_process(api.proc.pid)
+        limited = None
+        if args.with_limits:
+            limited_api = start_api({**env, **LIMITS_ON}, stack)
+            limited = asyncio.run(measure_api(limited_api, args, run_tag + "L", "API+limits"))
         details = machine()
         api_log = summarize_log(api.log_path.read_text(errors="replace"))
     api_rate = phases[0].rate_per_s
     ratios = {f"API / {p.name}": api_rate / p.rate_per_s for p in phases[1:] if p.rate_per_s > 0}
+    if limited is not None and api_rate > 0:
+        # The limits' cost: measured after the plain API, on a queue and a table that have
+        # grown by one phase (a slight handicap for the limited one).
+        ratios["API+limits / API"] = limited.rate_per_s / api_rate
 
     # Server-side CPU per task (no HTTP client) against the bare loop's: unlike the rates, this
     # hardly moves with neighbours, and it does not charge the load generator to the API.
@@ -896,6 +922,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for p in phases[1:]
         if server_cpu(phases[0], "api") > 0
     }
+    if limited is not None:
+        phases.append(limited)
     return {
         "machine": details,
         "requests": args.requests,
