@@ -35,6 +35,16 @@ SCOPE_PARAMETER: Any = Parameter(
 )
 
 
+def user_id_parameter(what: str) -> Any:
+    """The ``user_id`` query parameter of a list or stats route: optional under a scope."""
+    return Parameter(
+        min_length=1,
+        max_length=200,
+        required=False,
+        description=f"{what}; required unless {HEADER} names the user.",
+    )
+
+
 def visible(task: Task | None, scope: str | None, task_id: str) -> Task:
     """``task`` when it exists and the scope (if any) may see it; else the 404 of a missing
     task, so another user's task id cannot be told apart from a wrong one."""

@@ -9,7 +9,7 @@ from litestar.params import Parameter
 
 from api.errors import ApiError, error_response
 from api.schemas import StatsOut, WorkflowStatsOut
-from api.scope import scoped_user
+from api.scope import scoped_user, user_id_parameter
 from api.services import Services
 from db.tasks import user_stats
 
@@ -26,12 +26,7 @@ from db.tasks import user_stats
 async def stats(
     services: Services,
     user_scope: str | None,
-    user_id: str | None = Parameter(
-        min_length=1,
-        max_length=200,
-        required=False,
-        description="The marketplace's user id; required unless X-User-Scope names the user.",
-    ),
+    user_id: str | None = user_id_parameter("The marketplace's user id"),
     start: datetime | None = Parameter(
         query="from", default=None, description="Only tasks created at or after this time."
     ),

@@ -23,7 +23,7 @@ from aimarket.ssrf import Unresolvable, UnsafeURL, check_url
 from aimarket.task_view import TaskList, TaskOut, task_view
 from api.errors import ApiError, error_response
 from api.schemas import CreateTask
-from api.scope import scoped_user, visible
+from api.scope import scoped_user, user_id_parameter, visible
 from api.services import Services
 from db import callbacks, idempotency, stage_runs
 from db.models import Task, TaskStatus
@@ -326,12 +326,7 @@ class TaskController(Controller):
         self,
         services: Services,
         user_scope: str | None,
-        user_id: str | None = Parameter(
-            min_length=1,
-            max_length=200,
-            required=False,
-            description="Whose tasks; required unless X-User-Scope names the user.",
-        ),
+        user_id: str | None = user_id_parameter("Whose tasks"),
         limit: int = Parameter(default=20, ge=1, le=100),
     ) -> TaskList:
         user = scoped_user(user_id, user_scope)
