@@ -6,7 +6,17 @@ import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    String,
+    Text,
+    TypeDecorator,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -49,6 +59,13 @@ class Task(Base):
         Index("ix_tasks_user_created", "user_id", "created_at"),
         # One task per (user, Idempotency-Key). NULL keys never collide (Postgres and SQLite).
         Index("ux_tasks_user_idempotency_key", "user_id", "idempotency_key", unique=True),
+        # The sweep's candidates (migration 0006): only tasks under way are in it.
+        Index(
+            "ix_tasks_active_created",
+            "created_at",
+            postgresql_where=text("status IN ('queued', 'running')"),
+            sqlite_where=text("status IN ('queued', 'running')"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
