@@ -83,9 +83,9 @@ async def fail(task_id: str, stage_id: str, code: str, message: str) -> None:
     if task is None:
         return
     plan = res.plans.get(task.workflow)
-    if plan is not None and plan.has_handlers:
-        # The workflow says what to do on failure (on_failure, then finally).
-        await asyncio.to_thread(plan.handlers(res.broker, task_id, failed=True).run)
+    if plan is not None:
+        # The workflow says what to do on failure (on_failure, then finally), else callback.
+        await asyncio.to_thread(plan.announce_end, res.broker, task_id, failed=True)
     else:
         callback.send(task_id, task.workflow, "callback")
 
@@ -99,8 +99,8 @@ def announce_cancelled(
     ``on_failure`` does not run: a cancel is not a failure); any other gets the callback.
     Blocking (a confirmed publish): call it from a thread.
     """
-    if plan is not None and plan.finally_:
-        plan.handlers(broker, task_id, failed=False).run()  # type: ignore[no-untyped-call]
+    if plan is not None:
+        plan.announce_end(broker, task_id, failed=False)
     else:
         broker.enqueue(callback.message(task_id, workflow, "callback"))
 

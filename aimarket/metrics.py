@@ -189,6 +189,7 @@ def serve_worker_metrics() -> int:
 SWEEP_ACTIONS = Counter(
     "aimarket_sweep_actions",
     "What the sweep did to tasks (timeout: ended past its deadline; resumed: its work was "
-    "gone and it was started again; stuck: still no work after a resume, ended failed).",
+    "gone and it was started again; stuck: still no work after a resume, ended failed; told: "
+    "ended without its callback ever being tried, which was then queued).",
     ["action"],
 )

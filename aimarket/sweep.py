@@ -11,7 +11,13 @@ One pass looks at the active tasks old enough to matter:
   since it was created: an API that died between its commit and its publish, a message lost
   with a queue) and no stage running, and nothing waiting in the queue its next stage reads:
   resumed once (``Plan.resume``; stages are safe to repeat), which is remembered; still no
-  sign of work ``STUCK_AFTER_S`` after that resume: ended ``failed`` with code ``stuck``.
+  sign of work ``STUCK_AFTER_S`` after that resume: ended ``failed`` with code ``stuck``;
+
+and the tasks that **ended without their client being told**: ended more than
+``TELL_AFTER_S`` ago (within a day), by a workflow that tells its client with
+``task.callback``, with a callback URL, and no try of that callback on record (an API that
+died between ending the task, by a cancel or this sweep, and queueing its callback): the
+callback is queued (``told``). Receivers drop a duplicate by its ``webhook-id``.
 
 A stage that is running counts as work however long it takes (a long generation is not
 stuck): the deadline bounds it. Passes run in every API process every ``SWEEP_INTERVAL_S``,
@@ -41,8 +47,8 @@ from aimarket.settings import Settings
 from db import stage_runs
 from db.engine import Database
 from db.models import RunStatus, StageRun, Task, TaskStatus
-from db.tasks import finish_task, stale_active_tasks
-from workflows.compiler import Plan
+from db.tasks import finish_task, stale_active_tasks, untold_ended_tasks
+from workflows.compiler import CALLBACK_ACTOR, Plan
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +58,12 @@ RESUMED_KEY = "aimarket:sweep:resumed:{}"
 BATCH = 500
 #: How long the mark of a resume is kept: longer than any task may live.
 RESUMED_TTL_S = 7 * 86400
+#: An ended task with no try of its final callback is told once it ended this long ago (its
+#: callback is normally tried within seconds), if it ended within the last TELL_WINDOW_S.
+TELL_AFTER_S = 300.0
+TELL_WINDOW_S = 86400.0
 
-Kind = Literal["timeout", "resumed", "stuck"]
+Kind = Literal["timeout", "resumed", "stuck", "told"]
 
 
 class Action(msgspec.Struct, kw_only=True):
@@ -208,7 +218,43 @@ class Sweeper:
                     action.action,
                     action.reason,
                 )
+        for task in await untold_ended_tasks(
+            self.db,
+            datetime.fromtimestamp(now - TELL_WINDOW_S, UTC),
+            datetime.fromtimestamp(now - TELL_AFTER_S, UTC),
+            BATCH,
+        ):
+            try:
+                told = await self._tell(task)
+            except Exception:
+                log.exception("sweep: could not tell the client of task %s", task.id)
+                continue
+            if told is not None:
+                report.actions.append(told)
+                SWEEP_ACTIONS.labels(told.action).inc()
+                log.warning("sweep: task %s (%s) told: %s", task.id, task.workflow, told.reason)
         return report
+
+    async def _tell(self, task: Task) -> Action | None:
+        """Queue the final callback of an ended task whose client was never told."""
+        plan = self.plans.get(task.workflow)
+        if plan is None or not plan.calls_back(task.status):
+            return None
+        if not (task.callback_url or self.settings.marketplace_callback):
+            return None
+        callback = self.broker.get_actor(CALLBACK_ACTOR)
+        if self._counts is None:
+            self._counts = await asyncio.to_thread(self.queue_counts)
+        if sum(self._counts.get(callback.queue_name, (0, 0, 0))[:2]) > 0:
+            return None  # callbacks are waiting their turn: this one may be among them
+        message = callback.message(task.id, task.workflow, "callback")
+        await self._publish(self.broker.enqueue, message)
+        return Action(
+            task_id=task.id,
+            workflow=task.workflow,
+            action="told",
+            reason=f"ended {task.status} with no try of its callback on record",
+        )
 
     def _deadlines(self) -> Iterable[float]:
         yield self.settings.task_deadline_s
@@ -285,7 +331,7 @@ class Sweeper:
             log.error("sweep: could not queue the callback of task %s: %s", task.id, exc)
         return Action(task_id=task.id, workflow=task.workflow, action=code, reason=reason)
 
-    async def _publish(self, fn: Callable[..., None], *args: Any) -> None:
+    async def _publish(self, fn: Callable[..., object], *args: Any) -> None:
         # Confirmed, blocking publishes: off the event loop.
         await asyncio.get_running_loop().run_in_executor(self.publisher, fn, *args)
 
@@ -296,13 +342,11 @@ class Sweeper:
 def announce_failed(
     broker: dramatiq.Broker, task_id: str, workflow: str, plan: Plan | None
 ) -> None:
-    """Tell the client a task failed, as ``task.fail`` does: the workflow's ``on_failure`` and
-    ``finally`` handlers when it has any, else the callback. Blocking: call it from a thread."""
-    if plan is not None and plan.has_handlers:
-        plan.handlers(broker, task_id, failed=True).run()  # type: ignore[no-untyped-call]
+    """Tell the client a task failed, as ``task.fail`` does (Plan.announce_end). Blocking."""
+    if plan is not None:
+        plan.announce_end(broker, task_id, failed=True)
     else:
-        callback = broker.get_actor("task.callback")
-        broker.enqueue(callback.message(task_id, workflow, "callback"))
+        broker.enqueue(broker.get_actor(CALLBACK_ACTOR).message(task_id, workflow, "callback"))
 
 
 def _running(events: dict[str, Any], runs: list[StageRun]) -> bool:

@@ -66,6 +66,8 @@ class Task(Base):
             postgresql_where=text("status IN ('queued', 'running')"),
             sqlite_where=text("status IN ('queued', 'running')"),
         ),
+        # The sweep's look for ended tasks whose client was not told (migration 0006).
+        Index("ix_tasks_finished", "finished_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)

@@ -15,6 +15,7 @@ from db.engine import Database
 from db.models import Task, TaskStatus
 
 _ACTIVE = (TaskStatus.QUEUED, TaskStatus.RUNNING)
+_TERMINAL = (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED)
 
 
 def utcnow() -> datetime:
@@ -164,6 +165,37 @@ async def stale_active_tasks(db: Database, created_before: datetime, limit: int)
             select(Task)
             .where(Task.status.in_(_ACTIVE), Task.created_at < created_before)
             .order_by(Task.created_at)
+            .limit(limit)
+        )
+        return list(rows)
+
+
+async def untold_ended_tasks(
+    db: Database, ended_after: datetime, ended_before: datetime, limit: int
+) -> list[Task]:
+    """Tasks that ended in the window and have no try of their final callback on record (its
+    ``webhook_id`` is ``{task_id}:{status}``): what an API that died between ending a task (a
+    cancel, the sweep) and queueing its callback leaves behind. Oldest first."""
+    from db.models import CallbackAttempt
+
+    tried = (
+        select(CallbackAttempt.id)
+        .where(
+            CallbackAttempt.task_id == Task.id,
+            CallbackAttempt.webhook_id == Task.id + ":" + Task.status,
+        )
+        .exists()
+    )
+    async with db.session() as session:
+        rows = await session.scalars(
+            select(Task)
+            .where(
+                Task.finished_at > ended_after,
+                Task.finished_at < ended_before,
+                Task.status.in_(_TERMINAL),
+                ~tried,
+            )
+            .order_by(Task.finished_at)
             .limit(limit)
         )
         return list(rows)

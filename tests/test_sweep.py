@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +174,54 @@ def test_redis_lock_has_one_holder(admin_stack: AdminStack) -> None:
             await b.close()
 
     asyncio.run(race())
+
+
+def test_a_task_ended_without_its_callback_is_told(
+    admin: httpx.Client, market: httpx.Client, admin_stack: AdminStack, receiver: Receiver
+) -> None:
+    """An API that cancelled a task (the row committed) and died before it queued the callback
+    leaves a task ended with no try of its callback on record: the sweep queues it, once."""
+    task_id = insert_task(admin_stack.database_url, "dag-join", 700, receiver.url)
+    _end(admin_stack.database_url, task_id, "cancelled", ended_s_ago=600)
+    report = sweep(admin)
+    assert actions_for(report, task_id) == ["told"], report
+    assert wait_for_status(receiver, task_id, "cancelled", timeout=20)["task_id"] == task_id
+    deadline = time.monotonic() + 20
+    while not market.get(f"/v1/tasks/{task_id}/callbacks").json()["attempts"]:
+        assert time.monotonic() < deadline, "the try was not recorded"
+        time.sleep(0.2)
+    assert actions_for(sweep(admin), task_id) == []  # its try is on record now
+    # A task whose callback was tried is never told again; nor one that ended just now.
+    recent = insert_task(admin_stack.database_url, "dag-join", 60, receiver.url)
+    _end(admin_stack.database_url, recent, "cancelled", ended_s_ago=5)
+    assert actions_for(sweep(admin), recent) == []
+
+
+def _end(database_url: str, task_id: str, status: str, ended_s_ago: float) -> None:
+    """Write the ending of a task as the API's cancel would, nothing else."""
+    from sqlalchemy import update
+
+    from db.engine import Database
+    from db.models import Task
+
+    async def run() -> None:
+        db = Database(database_url)
+        try:
+            async with db.session() as session, session.begin():
+                await session.execute(
+                    update(Task)
+                    .where(Task.id == task_id)
+                    .values(
+                        status=status,
+                        finished_at=datetime.fromtimestamp(time.time() - ended_s_ago, UTC),
+                        error_code="cancelled",
+                        error_message="cancelled",
+                    )
+                )
+        finally:
+            await db.dispose()
+
+    asyncio.run(run())
 
 
 def _cancel(stack: AdminStack, task_id: str) -> None:

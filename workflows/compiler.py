@@ -25,6 +25,8 @@ from workflows.spec import Stage, Workflow
 #: The actor that starts a DAG run on a worker (the API only publishes this one message).
 START_ACTOR = "task.start"
 RESUME_ACTOR = "task.resume"
+#: The actor that POSTs the final task view to the client.
+CALLBACK_ACTOR = "task.callback"
 
 
 @dataclass(frozen=True)
@@ -65,10 +67,6 @@ class Plan:
     def step(self, stage_id: str) -> Step:
         return self._index[stage_id]
 
-    @property
-    def has_handlers(self) -> bool:
-        return bool(self.on_failure or self.finally_)
-
     def start(self, broker: dramatiq.Broker, task_id: str) -> None:
         """Publish the first message of a run (blocking: call it from a thread)."""
         if self.mode == "pipeline":
@@ -107,6 +105,31 @@ class Plan:
         return dramatiq.pipeline(
             [s.message(self.workflow.name, task_id) for s in steps], broker=broker
         )
+
+    def announce_end(self, broker: dramatiq.Broker, task_id: str, *, failed: bool) -> None:
+        """Tell the client that the task ended other than by its own last stage (a stage
+        failed for good, a cancel, the sweep): the handlers that apply (``on_failure`` only
+        when it failed, then ``finally``) when the workflow has any, else the callback.
+        Blocking (a confirmed publish): call it from a thread."""
+        if self.handler_steps(failed):
+            self.handlers(broker, task_id, failed=failed).run()  # type: ignore[no-untyped-call]
+        else:
+            callback = broker.get_actor(CALLBACK_ACTOR)
+            broker.enqueue(callback.message(task_id, self.workflow.name, "callback"))
+
+    def handler_steps(self, failed: bool) -> tuple[Step, ...]:
+        return (*(self.on_failure if failed else ()), *self.finally_)
+
+    def calls_back(self, status: str) -> bool:
+        """Whether a task of this workflow that ended ``status`` is told by ``task.callback``
+        (some workflows tell their client by other stages, or not at all)."""
+        if status == "succeeded":
+            steps: tuple[Step, ...] = (*self.steps, *self.finally_)
+        else:
+            steps = self.handler_steps(failed=status == "failed")
+            if not steps:
+                return True  # announce_end sends the callback itself
+        return any(step.stage.actor == CALLBACK_ACTOR for step in steps)
 
 
 def message_options(stage: Stage) -> dict[str, Any]:

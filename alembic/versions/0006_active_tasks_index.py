@@ -1,4 +1,4 @@
-"""partial index of the tasks still queued or running
+"""indexes of the sweep: the tasks still queued or running, and tasks by end time
 
 Revision ID: 0006
 Revises: 0005
@@ -29,7 +29,10 @@ def upgrade() -> None:
         postgresql_where=ACTIVE,
         sqlite_where=ACTIVE,
     )
+    # Ended tasks whose client was not told are looked for in a window of end times.
+    op.create_index('ix_tasks_finished', 'tasks', ['finished_at'])
 
 
 def downgrade() -> None:
+    op.drop_index('ix_tasks_finished', table_name='tasks')
     op.drop_index('ix_tasks_active_created', table_name='tasks')
