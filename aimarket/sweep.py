@@ -62,6 +62,8 @@ RESUMED_TTL_S = 7 * 86400
 #: callback is normally tried within seconds), if it ended within the last TELL_WINDOW_S.
 TELL_AFTER_S = 300.0
 TELL_WINDOW_S = 86400.0
+#: The error of a task whose first message could not be published (POST /v1/tasks said 503).
+NOT_ACCEPTED = "queue_unavailable"
 
 Kind = Literal["timeout", "resumed", "stuck", "told"]
 
@@ -237,6 +239,8 @@ class Sweeper:
 
     async def _tell(self, task: Task) -> Action | None:
         """Queue the final callback of an ended task whose client was never told."""
+        if task.error_code == NOT_ACCEPTED:
+            return None  # its submission was answered 503: that client was told, and retries
         plan = self.plans.get(task.workflow)
         if plan is None or not plan.calls_back(task.status):
             return None
