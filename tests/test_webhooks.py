@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import http.server
 import json
+import re
 import socket
 import threading
 import time
@@ -366,6 +367,33 @@ def test_unknown_events_are_refused(allowed_api: Api) -> None:
     assert error["code"] == "invalid_request"
     assert error["field"] == "events[0]"
     assert "finished" in error["message"]
+
+
+def test_a_delivery_that_gives_up_is_recorded_and_counted(allowed_api: Api, hooks: Hooks) -> None:
+    """A receiver that answers 503 to every try: the stage's 3 tries are all on record, and the
+    final failure is counted in aimarket_callback_failures_total: never silent."""
+
+    def failures() -> float:
+        text = httpx.get(allowed_api.url + "/metrics", timeout=30).text
+        found = re.search(
+            r'^aimarket_callback_failures_total\{event="completed",reason="exhausted"\} (\S+)$',
+            text,
+            re.MULTILINE,
+        )
+        return float(found.group(1)) if found else 0.0
+
+    before = failures()
+    hooks.answers["/down"] = [503, 503, 503]
+    task_id = submit(allowed_api, hooks.url + "/down").json()["task_id"]
+    hooks.wait("/down", 3)
+    tries = attempts(allowed_api, task_id, 3)
+    assert [(a["attempt"], a["status_code"]) for a in tries] == [(1, 503), (2, 503), (3, 503)]
+    deadline = time.monotonic() + 10
+    while failures() < before + 1:
+        assert time.monotonic() < deadline, "the final failure was not counted"
+        time.sleep(0.2)
+    time.sleep(1.5)  # no fourth try
+    assert len([c for c in hooks.calls if c["path"] == "/down"]) == 3
 
 
 def test_redirect_is_not_followed(allowed_api: Api, hooks: Hooks) -> None:
