@@ -115,10 +115,26 @@ def configure_root(log_format: str) -> None:
         use_json(handler)
 
 
+#: Libraries whose INFO and DEBUG lines are noise or worse: pika logs every connection; httpx
+#: logs every request with its full URL (a callback or audio URL may carry a marketplace's
+#: secret in its query string); aiosqlite logs every statement with its parameters at DEBUG,
+#: botocore its signed requests. Their warnings are what an operator needs, even at DEBUG.
+QUIET_LOGGERS = (
+    "pika", "httpx", "httpcore", "aiosqlite", "botocore", "boto3", "s3transfer", "urllib3",
+)  # fmt: skip
+
+
+def quiet_libraries() -> None:
+    """WARNING for QUIET_LOGGERS (a worker process; the API gets it from litestar_logging)."""
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def litestar_logging(level: str, log_format: str) -> dict[str, Any]:
     """Keyword arguments for Litestar's ``LoggingConfig``."""
-    # pika logs every connection at INFO; its warnings are what an operator needs.
-    loggers: dict[str, dict[str, Any]] = {"pika": {"level": "WARNING", "propagate": True}}
+    loggers: dict[str, dict[str, Any]] = {
+        name: {"level": "WARNING", "propagate": True} for name in QUIET_LOGGERS
+    }
     if log_format != "json":
         return {"root": {"level": level, "handlers": ["queue_listener"]}, "loggers": loggers}
     return {

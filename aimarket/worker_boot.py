@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from aimarket.broker import setup_broker
-from aimarket.logs import configure_root
+from aimarket.logs import configure_root, quiet_libraries
 from aimarket.settings import get_settings
 from workflows.compiler import compile_workflow, declare_queues
 
@@ -14,6 +14,7 @@ settings = get_settings()
 logging.getLogger().setLevel(settings.log_level.upper())
 # Dramatiq set up this process's handler (to its main process); LOG_FORMAT=json re-formats it.
 configure_root(settings.log_format)
+quiet_libraries()
 broker = setup_broker(settings)
 
 from actors.webhooks import secret_key, webhook_secret  # noqa: E402
