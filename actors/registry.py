@@ -111,6 +111,8 @@ def stage(
 
 #: Actors that run after a task has ended: they are never stopped by its ending.
 _AFTER_END_ACTORS = frozenset({"task.callback"})
+#: Actors whose run does not make a queued task ``running``.
+_BEFORE_START_ACTORS = frozenset({"task.validate"})
 
 
 async def _may_start(
@@ -119,8 +121,10 @@ async def _may_start(
     """Whether this stage should run now (when not, the rest of the run is dropped), and the
     task's row when this is a main stage of an active task (events are sent about it).
 
-    * The first main stage to start moves the task from ``queued`` to ``running`` and sends
-      the ``started`` event when the client asked for it.
+    * The first main stage to start, other than ``task.validate`` (a quick check before the
+      task waits in, say, a GPU queue), moves the task from ``queued`` to ``running`` and
+      sends the ``started`` event when the client asked for it: a marketplace shows
+      "queued" while its users' tasks wait for a GPU.
 
     * A main stage of a task that has already ended ``cancelled`` or ``failed`` (a cancel, or
       another branch's failure, came while its message waited in a queue) does not run, and
@@ -151,7 +155,11 @@ async def _may_start(
         return True, None
     deadline_s = plan.workflow.deadline(res.settings.task_deadline_s)
     if (utcnow() - task.created_at).total_seconds() <= deadline_s:
-        if status == TaskStatus.QUEUED and await start_task(res.db, task_id):
+        if (
+            status == TaskStatus.QUEUED
+            and actor not in _BEFORE_START_ACTORS
+            and await start_task(res.db, task_id)
+        ):
             from actors import events
 
             await events.emit(res, task, "started", "started")
