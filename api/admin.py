@@ -45,7 +45,7 @@ from litestar.params import Parameter
 from aimarket.settings import Settings, SettingsError
 from aimarket.sweep import Sweeper, SweepReport
 from api.errors import ApiError, error_response
-from api.services import Services
+from api.services import ServicesDep
 from db.models import Task, TaskStatus
 from db.tasks import get_task, reopen_task
 
@@ -307,7 +307,7 @@ def describe(letter: Letter, task: Task | None) -> DeadLetter:
     )
 
 
-async def _task_of(services: Services, letter: Letter) -> Task | None:
+async def _task_of(services: ServicesDep, letter: Letter) -> Task | None:
     task_id = _ids(letter.message)[0]
     if task_id is None or len(task_id) > 36:
         return None
@@ -325,7 +325,7 @@ async def _task_of(services: Services, letter: Letter) -> Task | None:
     responses={403: error_response(OFF)},
 )
 async def list_dead_letters(
-    services: Services,
+    services: ServicesDep,
     queue: str | None = None,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
 ) -> DeadLetters:
@@ -351,7 +351,7 @@ async def list_dead_letters(
     },
 )
 async def retry_dead_letter(
-    message_id: str, services: Services, sweeper: Sweeper
+    message_id: str, services: ServicesDep, sweeper: Sweeper
 ) -> DeadLetterDone:
     broker = services.broker
     letter = await _find(broker, _queues(broker, None), message_id)
@@ -381,7 +381,7 @@ async def retry_dead_letter(
     summary="Discard a dead-lettered message",
     responses={403: error_response(OFF), 404: error_response("No such dead letter")},
 )
-async def discard_dead_letter(message_id: str, services: Services) -> DeadLetterDone:
+async def discard_dead_letter(message_id: str, services: ServicesDep) -> DeadLetterDone:
     broker = services.broker
     taken = await anyio.to_thread.run_sync(
         take_letter, broker, _queues(broker, None), message_id, None
@@ -425,7 +425,7 @@ async def _find(broker: dramatiq.Broker, queues: list[str], message_id: str) -> 
     return letter
 
 
-async def _reopen_for(services: Services, sweeper: Sweeper, letter: Letter) -> bool:
+async def _reopen_for(services: ServicesDep, sweeper: Sweeper, letter: Letter) -> bool:
     """Make the task of a stage message able to run it again; True when it was reopened."""
     task = await _task_of(services, letter)
     if task is None or not TaskStatus(task.status).terminal:

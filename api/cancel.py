@@ -21,7 +21,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 from aimarket.task_view import TaskOut, task_view
 from api.errors import ApiError, error_response
 from api.scope import visible
-from api.services import Services
+from api.services import ServicesDep
 from db.models import TaskStatus
 from db.tasks import finish_task, get_task
 
@@ -51,7 +51,7 @@ async def _keep(response: Response[Any]) -> Response[Any]:
     after_request=_keep,
 )
 async def cancel_task(
-    task_id: str, services: Services, user_scope: str | None
+    task_id: str, services: ServicesDep, user_scope: str | None
 ) -> Response[TaskOut]:
     found = await get_task(services.db, task_id) if _is_uuid(task_id) else None
     task = visible(found, user_scope, task_id)

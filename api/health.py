@@ -12,7 +12,7 @@ from litestar.openapi import ResponseSpec
 from sqlalchemy import text
 
 from api.schemas import HealthOut
-from api.services import Services
+from api.services import Services, ServicesDep
 
 #: Seconds each backend gets to answer a readiness check.
 CHECK_TIMEOUT_S = 3.0
@@ -23,16 +23,16 @@ async def live() -> HealthOut:
     return HealthOut(status="ok")
 
 
-async def _database(services: Services) -> None:
+async def _database(services: ServicesDep) -> None:
     async with services.db.engine.connect() as conn:
         await conn.execute(text("SELECT 1"))
 
 
-async def _redis(services: Services) -> None:
+async def _redis(services: ServicesDep) -> None:
     await services.state.ping()
 
 
-async def _rabbitmq(services: Services) -> None:
+async def _rabbitmq(services: ServicesDep) -> None:
     parameters = getattr(services.broker, "parameters", None)
     if parameters is None:
         return
@@ -43,7 +43,7 @@ async def _rabbitmq(services: Services) -> None:
     await anyio.to_thread.run_sync(connect)
 
 
-async def _s3(services: Services) -> None:
+async def _s3(services: ServicesDep) -> None:
     await anyio.to_thread.run_sync(services.store.ping)
 
 
@@ -55,7 +55,7 @@ CHECKS: dict[str, Callable[[Services], Awaitable[None]]] = {
 }
 
 
-async def _check(name: str, services: Services) -> str:
+async def _check(name: str, services: ServicesDep) -> str:
     try:
         await asyncio.wait_for(CHECKS[name](services), CHECK_TIMEOUT_S)
     except Exception as exc:
@@ -75,7 +75,7 @@ async def _check(name: str, services: Services) -> str:
         )
     },
 )
-async def ready(services: Services) -> Response[HealthOut]:
+async def ready(services: ServicesDep) -> Response[HealthOut]:
     results = await asyncio.gather(*(_check(name, services) for name in CHECKS))
     checks = dict(zip(CHECKS, results, strict=True))
     down = [name for name, result in checks.items() if result != "ok"]

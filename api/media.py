@@ -9,7 +9,7 @@ from litestar.response import File
 
 from aimarket.local_media import LocalMediaStore
 from api.errors import error_response
-from api.services import Services
+from api.services import ServicesDep
 
 #: The types the store stage writes (mimetypes would say audio/x-wav).
 CONTENT_TYPES = {
@@ -32,7 +32,7 @@ CONTENT_TYPES = {
     media_type="*/*",
     responses={401: error_response("Expired or wrong signature"), 404: error_response("No file")},
 )
-async def media(key: str, expires: int, sig: str, services: Services) -> File:
+async def media(key: str, expires: int, sig: str, services: ServicesDep) -> File:
     store = services.store
     key = key.lstrip("/")
     if not isinstance(store, LocalMediaStore):

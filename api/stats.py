@@ -10,7 +10,7 @@ from litestar.params import Parameter
 from api.errors import ApiError, error_response
 from api.schemas import StatsOut, WorkflowStatsOut
 from api.scope import scoped_user, user_id_parameter
-from api.services import Services
+from api.services import ServicesDep
 from db.tasks import user_stats
 
 
@@ -24,7 +24,7 @@ from db.tasks import user_stats
     },
 )
 async def stats(
-    services: Services,
+    services: ServicesDep,
     user_scope: str | None,
     user_id: str | None = user_id_parameter("The marketplace's user id"),
     start: datetime | None = Parameter(

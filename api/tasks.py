@@ -24,7 +24,7 @@ from aimarket.task_view import TaskList, TaskOut, task_view
 from api.errors import ApiError, error_response
 from api.schemas import CreateTask
 from api.scope import scoped_user, user_id_parameter, visible
-from api.services import Services
+from api.services import ServicesDep
 from db import callbacks, idempotency, stage_runs
 from db.models import Task, TaskStatus
 from db.tasks import finish_task, get_task, insert_task, recent_tasks, utcnow
@@ -103,7 +103,7 @@ class Submitted(NamedTuple):
 
 
 async def submit_task(
-    services: Services, data: CreateTask, idempotency_key: str | None = None
+    services: ServicesDep, data: CreateTask, idempotency_key: str | None = None
 ) -> Task:
     """Validate, record, then queue one task; the one way in for the API and the CLI.
 
@@ -114,7 +114,7 @@ async def submit_task(
 
 
 async def submit(
-    services: Services, data: CreateTask, idempotency_key: str | None = None
+    services: ServicesDep, data: CreateTask, idempotency_key: str | None = None
 ) -> Submitted:
     """submit_task, telling whether the task is a replay.
 
@@ -270,7 +270,7 @@ class TaskController(Controller):
     async def create(
         self,
         data: CreateTask,
-        services: Services,
+        services: ServicesDep,
         idempotency_key: str | None = Parameter(
             header="Idempotency-Key",
             required=False,
@@ -309,7 +309,7 @@ class TaskController(Controller):
         summary="A task's status and result",
         responses={404: error_response("No such task")},
     )
-    async def read(self, task_id: str, services: Services, user_scope: str | None) -> TaskOut:
+    async def read(self, task_id: str, services: ServicesDep, user_scope: str | None) -> TaskOut:
         task = await _find(services, task_id, user_scope)
         live = await services.state.get(task_id) if not TaskStatus(task.status).terminal else None
         return task_view(task, services.store, live, await stage_runs.runs(services.db, task_id))
@@ -324,7 +324,7 @@ class TaskController(Controller):
     )
     async def list_tasks(
         self,
-        services: Services,
+        services: ServicesDep,
         user_scope: str | None,
         user_id: str | None = user_id_parameter("Whose tasks"),
         limit: int = Parameter(default=20, ge=1, le=100),
@@ -343,7 +343,7 @@ class TaskController(Controller):
         responses={404: error_response("No such task")},
     )
     async def events(
-        self, task_id: str, services: Services, user_scope: str | None
+        self, task_id: str, services: ServicesDep, user_scope: str | None
     ) -> ServerSentEvent:
         await _find(services, task_id, user_scope)
         return ServerSentEvent(task_events(services, task_id))
@@ -356,7 +356,7 @@ class TaskController(Controller):
         responses={404: error_response("No such task")},
     )
     async def callback_attempts(
-        self, task_id: str, services: Services, user_scope: str | None
+        self, task_id: str, services: ServicesDep, user_scope: str | None
     ) -> CallbackAttemptList:
         await _find(services, task_id, user_scope)
         rows = await callbacks.attempts(services.db, task_id)
@@ -376,7 +376,7 @@ class TaskController(Controller):
         )
 
 
-async def task_events(services: Services, task_id: str) -> AsyncIterator[ServerSentEventMessage]:
+async def task_events(services: ServicesDep, task_id: str) -> AsyncIterator[ServerSentEventMessage]:
     """Polls the row and the short-lived state, sending the view when it changes.
 
     Polling keeps one code path for Redis and the in-memory state; at POLL_S it costs one
@@ -406,7 +406,7 @@ async def task_events(services: Services, task_id: str) -> AsyncIterator[ServerS
         quiet += POLL_S
 
 
-async def _find(services: Services, task_id: str, scope: str | None) -> Task:
+async def _find(services: ServicesDep, task_id: str, scope: str | None) -> Task:
     """The task, or the 404 of a missing one (also for another user's task under a scope)."""
     task = await get_task(services.db, task_id) if _is_uuid(task_id) else None
     return visible(task, scope, task_id)

@@ -15,7 +15,7 @@ from litestar.status_codes import HTTP_201_CREATED
 from actors.audio_input import MAX_AUDIO_S, UPLOAD_PREFIX, decode_audio, upload_key
 from actors.errors import StageError
 from api.errors import ApiError, error_response
-from api.services import Services
+from api.services import ServicesDep
 
 #: The largest upload body, in bytes.
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -70,7 +70,7 @@ def _check_and_encode(data: bytes) -> tuple[bytes, float, int]:
         422: error_response("Not readable audio, or longer than the limit"),
     },
 )
-async def upload_audio(request: Request[Any, Any, Any], services: Services) -> UploadOut:
+async def upload_audio(request: Request[Any, Any, Any], services: ServicesDep) -> UploadOut:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if not content_type.startswith("audio/") and content_type != "application/octet-stream":
         raise ApiError(

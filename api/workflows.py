@@ -6,12 +6,12 @@ import msgspec
 from litestar import get
 
 from api.schemas import WorkflowOut, WorkflowsOut
-from api.services import Services
+from api.services import ServicesDep
 from workflows.inputs import input_json_schema
 
 
 @get("/v1/workflows", tags=["workflows"], summary="The loaded workflows and their input schemas")
-async def list_workflows(services: Services) -> WorkflowsOut:
+async def list_workflows(services: ServicesDep) -> WorkflowsOut:
     return WorkflowsOut(
         workflows=[
             WorkflowOut(
