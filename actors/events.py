@@ -50,7 +50,12 @@ async def emit(res: Resources, task: Task, event: Event, key: str) -> None:
     if not wants(task, event) or not target(task, res):
         return
     message = deliver_event.message(task.id, event, f"{task.id}:{key}")
-    await asyncio.to_thread(res.broker.enqueue, message)
+    try:
+        await asyncio.to_thread(res.broker.enqueue, message)
+    except Exception as exc:
+        # An event is optional news: failing to queue one must not fail (and so repeat) the
+        # stage that reports it.
+        log.warning("could not queue the %s event of task %s: %s", event, task.id, exc)
 
 
 @dramatiq.actor(
