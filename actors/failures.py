@@ -6,13 +6,16 @@ when the Retries middleware (which runs before it) has given up and marked the m
 
 from __future__ import annotations
 
+import functools
 import logging
+import traceback
 from typing import Any
 
 import dramatiq
 from dramatiq.middleware import Middleware
 
 from actors.errors import StageError
+from aimarket.state import FAILURE_KEY, FAILURE_TTL_S, MAX_TRACEBACK
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,33 @@ def describe(exc: BaseException, stage_id: str) -> tuple[str, str]:
     return "stage_failed", f"stage '{stage_id}' failed: {type(exc).__name__}: {exc}"[:2000]
 
 
+def record_final_error(message: Any, exception: BaseException) -> None:
+    """Keep the traceback of the attempt that failed for good, for the admin API's list of dead
+    letters. Dramatiq records a traceback when it schedules a retry, not when it gives up, and
+    RabbitMQ dead-letters the body as it was delivered: without this, a dead letter shows the
+    error of the attempt before last (or none). The in-process broker keeps the message object
+    itself, so setting its option is enough there; with Redis the traceback is also kept under
+    the message id, as long as RabbitMQ keeps dead letters."""
+    trace = "".join(traceback.format_exception(exception))[-MAX_TRACEBACK:]
+    message.options["traceback"] = trace
+    try:
+        from actors.resources import resources
+
+        url = resources().settings.redis_url
+        if url is not None:
+            _redis(url).set(FAILURE_KEY.format(message.message_id), trace, ex=FAILURE_TTL_S)
+    except Exception as exc:  # the dead letter is listed anyway, with the older traceback
+        log.warning("could not keep the final error of message %s: %s", message.message_id, exc)
+
+
+@functools.cache
+def _redis(url: str) -> Any:
+    import redis
+
+    # Blocking, on the worker thread that runs the middleware (no event loop there).
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+
+
 class TaskFailures(Middleware):
     def after_process_message(
         self,
@@ -38,7 +68,10 @@ class TaskFailures(Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        if exception is None or not message.failed or message.actor_name in _TERMINAL_ACTORS:
+        if exception is None or not message.failed:
+            return
+        record_final_error(message, exception)
+        if message.actor_name in _TERMINAL_ACTORS:
             return
         args = message.args
         if len(args) < 3:

@@ -60,6 +60,10 @@ class MemoryState:
                 return {"stages": {}}
             return {**entry, "stages": dict(entry["stages"])}
 
+    async def failures(self, message_ids: list[str]) -> dict[str, str]:
+        # In-process dead letters carry their final traceback in their own options.
+        return {}
+
     async def put_blob(self, key: str, data: bytes) -> None:
         with self._lock:
             self._blobs[key] = (time.monotonic() + BLOB_TTL_S, data)

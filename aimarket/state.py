@@ -15,6 +15,13 @@ PREFIX = "aimarket"
 BLOB_TTL_S = 6 * 3600
 
 
+#: The final traceback of a dead-lettered message (actors/failures.py), kept as long as
+#: Dramatiq's dead-letter queues keep messages.
+FAILURE_KEY = PREFIX + ":failure:{}"
+FAILURE_TTL_S = 7 * 86400
+MAX_TRACEBACK = 8000
+
+
 def _task_key(task_id: str) -> str:
     return f"{PREFIX}:task:{task_id}"
 
@@ -81,6 +88,15 @@ class TaskState:
             elif name in ("result", "progress"):
                 out[name] = msgspec.json.decode(value)
         return out
+
+    async def failures(self, message_ids: list[str]) -> dict[str, str]:
+        """The final tracebacks kept for these dead-lettered messages, by message id."""
+        if not message_ids:
+            return {}
+        values = cast(
+            list[bytes | None], await self.redis.mget([FAILURE_KEY.format(m) for m in message_ids])
+        )
+        return {m: v.decode() for m, v in zip(message_ids, values, strict=True) if v is not None}
 
     async def put_blob(self, key: str, data: bytes) -> None:
         await self.redis.set(key, data, ex=BLOB_TTL_S)

@@ -11,9 +11,11 @@ retry publishes the message again on its original queue (confirmed) before it ac
 (removes) the dead letter, so a crash in between leaves a duplicate, never a loss.
 
 A dead letter keeps the options of its last *delivery*: Dramatiq records a traceback when it
-schedules a retry, not when it gives up, so the traceback shown may be the one before last,
-or missing (a stage that was never retried). The error of the task, which ``task.fail``
-recorded from the final exception, is shown beside it.
+schedules a retry, not when it gives up. The worker therefore keeps the traceback of the
+attempt that failed for good under the message id (``actors.failures.record_final_error``,
+in Redis; the in-process broker's dead letter carries it itself), and the listing shows that
+one, falling back on the message's own. The error of the task, which ``task.fail`` recorded,
+is shown beside it.
 """
 
 from __future__ import annotations
@@ -280,10 +282,12 @@ def _ids(message: dramatiq.Message[Any]) -> tuple[str | None, str | None, str | 
     return args[0], args[1], args[2]
 
 
-def describe(letter: Letter, task: Task | None) -> DeadLetter:
+def describe(letter: Letter, task: Task | None, final: str | None = None) -> DeadLetter:
+    """What the API shows of a dead letter; ``final`` is the traceback of its last attempt when
+    the worker kept it (actors/failures.py), else the message's own (of the attempt before)."""
     message = letter.message
     task_id, workflow, stage = _ids(message)
-    trace = message.options.get("traceback")
+    trace = final or message.options.get("traceback")
     lines = [line for line in (trace or "").splitlines() if line.strip()]
     error = lines[-1].strip() if lines else None
     task_error = None
@@ -332,7 +336,13 @@ async def list_dead_letters(
     queues = _queues(services.broker, queue)
     letters = await anyio.to_thread.run_sync(list_letters, services.broker, queues, limit)
     tasks = await asyncio.gather(*(_task_of(services, letter) for letter in letters))
-    return DeadLetters(items=[describe(lt, t) for lt, t in zip(letters, tasks, strict=True)])
+    finals = await services.state.failures([lt.message.message_id for lt in letters])
+    return DeadLetters(
+        items=[
+            describe(lt, t, finals.get(lt.message.message_id))
+            for lt, t in zip(letters, tasks, strict=True)
+        ]
+    )
 
 
 @post(

@@ -60,7 +60,10 @@ async def fail_while_marker(
     """Fails (a RuntimeError) while the file ``given["marker"]`` exists: a cause an operator
     can fix (remove the file) before retrying the dead-lettered message."""
     await count(task_id, stage_id)
+    message = CurrentMessage.get_current_message()
+    attempt = (message.options.get("retries", 0) if message else 0) + 1
     marker = str((given or {}).get("marker") or "")
     if marker and await asyncio.to_thread(Path(marker).exists):
-        raise RuntimeError(f"marker {marker} is present")
+        # The attempt in the message tells a test which attempt's error a dead letter shows.
+        raise RuntimeError(f"marker {marker} is present (attempt {attempt})")
     return {"marker": marker}

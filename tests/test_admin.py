@@ -315,6 +315,8 @@ def test_dead_letter_is_listed_then_retried_after_the_fix(
     assert letter["stage"] == "gate"
     assert letter["retries"] == 1  # two attempts
     assert letter["error"].startswith("RuntimeError: marker"), letter
+    # The error of the attempt that failed for good, not of the one before (Dramatiq's own).
+    assert letter["error"].endswith("(attempt 2)"), letter
     assert "Traceback" in letter["traceback"]
     assert letter["failed_at"] is not None
     assert letter["task_status"] == "failed"
@@ -445,6 +447,7 @@ def test_embedded_dead_letter_is_listed_and_retried(
         letter = wait_for_letter(admin, task_id)
         assert letter["actor"] == "test.fail_while_marker"
         assert letter["error"].startswith("RuntimeError: marker"), letter
+        assert letter["error"].endswith("(attempt 2)"), letter  # the last attempt's
         assert letter["task_status"] == "failed"
         marker.unlink()
         retried = admin.post(f"/v1/admin/dead-letters/{letter['message_id']}/retry")
