@@ -32,7 +32,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -196,8 +196,8 @@ class Sweeper:
                 log.exception("sweep failed; trying again in %.0f s", interval)
 
     async def sweep(self, now: float) -> SweepReport:
-        """Look at every active task old enough to be late or stuck (the caller holds the
-        lock)."""
+        """Look at every active task old enough to be late or stuck, then at the tasks that
+        ended without their client being told (the caller holds the lock)."""
         self._counts = None
         youngest = min([self.settings.stuck_after_s, *self._deadlines()])
         candidates = await stale_active_tasks(
@@ -205,37 +205,35 @@ class Sweeper:
         )
         report = SweepReport(ran=True, checked=len(candidates))
         for task in candidates:
-            try:
-                action = await self._check(task, now)
-            except Exception:
-                log.exception("sweep: could not check task %s", task.id)
-                continue
-            if action is not None:
-                report.actions.append(action)
-                SWEEP_ACTIONS.labels(action.action).inc()
-                log.warning(
-                    "sweep: task %s (%s) %s: %s",
-                    action.task_id,
-                    action.workflow,
-                    action.action,
-                    action.reason,
-                )
-        for task in await untold_ended_tasks(
+            await self._act(report, task, self._check(task, now))
+        untold = await untold_ended_tasks(
             self.db,
             datetime.fromtimestamp(now - TELL_WINDOW_S, UTC),
             datetime.fromtimestamp(now - TELL_AFTER_S, UTC),
             BATCH,
-        ):
-            try:
-                told = await self._tell(task)
-            except Exception:
-                log.exception("sweep: could not tell the client of task %s", task.id)
-                continue
-            if told is not None:
-                report.actions.append(told)
-                SWEEP_ACTIONS.labels(told.action).inc()
-                log.warning("sweep: task %s (%s) told: %s", task.id, task.workflow, told.reason)
+        )
+        for task in untold:
+            await self._act(report, task, self._tell(task))
         return report
+
+    @staticmethod
+    async def _act(
+        report: SweepReport, task: Task, checking: Coroutine[Any, Any, Action | None]
+    ) -> None:
+        """Run one task's check; what it did goes in the report, the metric and the log. A
+        failure is logged and the pass goes on with the next task."""
+        try:
+            action = await checking
+        except Exception:
+            log.exception("sweep: could not check task %s", task.id)
+            return
+        if action is None:
+            return
+        report.actions.append(action)
+        SWEEP_ACTIONS.labels(action.action).inc()
+        log.warning(
+            "sweep: task %s (%s) %s: %s", task.id, task.workflow, action.action, action.reason
+        )
 
     async def _tell(self, task: Task) -> Action | None:
         """Queue the final callback of an ended task whose client was never told."""
