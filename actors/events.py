@@ -39,15 +39,10 @@ def wants(task: Task, event: Event) -> bool:
     return event in (task.callback_events or ())
 
 
-def target(task: Task, res: Resources) -> str | None:
-    """Where the task's callbacks go: its own URL, else MARKETPLACE_CALLBACK."""
-    return task.callback_url or res.settings.marketplace_callback
-
-
 async def emit(res: Resources, task: Task, event: Event, key: str) -> None:
     """Queue the ``event`` callback when the task asked for it and has somewhere to send it.
     ``key`` names this event within the task (``started``, ``progress:generate:50``)."""
-    if not wants(task, event) or not target(task, res):
+    if not wants(task, event) or not task.callback_target(res.settings.marketplace_callback):
         return
     message = deliver_event.message(task.id, event, f"{task.id}:{key}")
     try:
@@ -71,7 +66,7 @@ async def deliver_event(task_id: str, event: str, webhook_id: str) -> None:
     task = await get_task(res.db, task_id)
     if task is None or TaskStatus(task.status).terminal:
         return  # the terminal callback tells the rest
-    url = target(task, res)
+    url = task.callback_target(res.settings.marketplace_callback)
     if not url:
         return
     live = await res.state.get(task_id)

@@ -105,10 +105,6 @@ def announce_cancelled(
         broker.enqueue(callback.message(task_id, workflow, "callback"))
 
 
-def callback_target(task: Task) -> str | None:
-    return task.callback_url or resources().settings.marketplace_callback
-
-
 @stage("task.callback", queue="callbacks", max_retries=10, min_backoff=1000, max_backoff=300_000)
 async def callback(
     task_id: str, workflow: str, stage_id: str, previous: Any = None
@@ -124,7 +120,7 @@ async def callback(
     task = await get_task(res.db, task_id)
     if task is None:
         return {}
-    url = callback_target(task)
+    url = task.callback_target(res.settings.marketplace_callback)
     if not url:
         return {"callback": "none"}
     body = msgspec.json.encode(task_view(task, res.store))

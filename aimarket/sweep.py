@@ -242,7 +242,7 @@ class Sweeper:
         plan = self.plans.get(task.workflow)
         if plan is None or not plan.calls_back(task.status):
             return None
-        if not (task.callback_url or self.settings.marketplace_callback):
+        if not task.callback_target(self.settings.marketplace_callback):
             return None
         callback = self.broker.get_actor(CALLBACK_ACTOR)
         if self._counts is None:

@@ -98,6 +98,11 @@ class Task(Base):
     #: means the terminal callback only, which is always sent.
     callback_events: Mapped[list[str] | None] = mapped_column(JsonType, nullable=True)
 
+    def callback_target(self, default: str | None) -> str | None:
+        """Where this task's callbacks go: its own URL, else ``default``
+        (MARKETPLACE_CALLBACK); None when neither is set."""
+        return self.callback_url or default
+
 
 class RunStatus(enum.StrEnum):
     PENDING = "pending"  # a foreach item waiting for a free slot (max_concurrency)
