@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from typing import Any
 
 from litestar import Response, post
@@ -20,7 +19,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 
 from aimarket.task_view import TaskOut, task_view
 from api.errors import ApiError, error_response
-from api.scope import visible
+from api.scope import find_task
 from api.services import ServicesDep
 from db.models import TaskStatus
 from db.tasks import finish_task, get_task
@@ -53,8 +52,7 @@ async def _keep(response: Response[Any]) -> Response[Any]:
 async def cancel_task(
     task_id: str, services: ServicesDep, user_scope: str | None
 ) -> Response[TaskOut]:
-    found = await get_task(services.db, task_id) if _is_uuid(task_id) else None
-    task = visible(found, user_scope, task_id)
+    task = await find_task(services.db, task_id, user_scope)
     ended = not TaskStatus(task.status).terminal and await finish_task(
         services.db,
         task_id,
@@ -86,11 +84,3 @@ async def cancel_task(
         log.error("could not queue the callback of cancelled task %s: %s", task_id, exc)
     task = await get_task(services.db, task_id) or task
     return Response(task_view(task, services.store), status_code=HTTP_202_ACCEPTED)
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True

@@ -15,13 +15,16 @@ Without the header nothing changes: the marketplace sees everything it submitted
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from litestar.exceptions import NotFoundException
 from litestar.params import Parameter
 
 from api.errors import ApiError
+from db.engine import Database
 from db.models import Task
+from db.tasks import get_task
 
 HEADER = "X-User-Scope"
 
@@ -43,6 +46,16 @@ def user_id_parameter(what: str) -> Any:
         required=False,
         description=f"{what}; required unless {HEADER} names the user.",
     )
+
+
+async def find_task(db: Database, task_id: str, scope: str | None) -> Task:
+    """The task of a route's ``task_id``, or the 404 of a missing one: also for an id that is
+    not a UUID (never looked up) and for another user's task under a scope."""
+    try:
+        uuid.UUID(task_id)
+    except ValueError:
+        return visible(None, scope, task_id)
+    return visible(await get_task(db, task_id), scope, task_id)
 
 
 def visible(task: Task | None, scope: str | None, task_id: str) -> Task:

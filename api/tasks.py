@@ -23,7 +23,7 @@ from aimarket.ssrf import Unresolvable, UnsafeURL, check_url
 from aimarket.task_view import TaskList, TaskOut, task_view
 from api.errors import ApiError, error_response
 from api.schemas import CreateTask
-from api.scope import scoped_user, user_id_parameter, visible
+from api.scope import find_task, scoped_user, user_id_parameter
 from api.services import ServicesDep
 from db import callbacks, idempotency, stage_runs
 from db.models import Task, TaskStatus
@@ -310,7 +310,7 @@ class TaskController(Controller):
         responses={404: error_response("No such task")},
     )
     async def read(self, task_id: str, services: ServicesDep, user_scope: str | None) -> TaskOut:
-        task = await _find(services, task_id, user_scope)
+        task = await find_task(services.db, task_id, user_scope)
         live = await services.state.get(task_id) if not TaskStatus(task.status).terminal else None
         return task_view(task, services.store, live, await stage_runs.runs(services.db, task_id))
 
@@ -345,7 +345,7 @@ class TaskController(Controller):
     async def events(
         self, task_id: str, services: ServicesDep, user_scope: str | None
     ) -> ServerSentEvent:
-        await _find(services, task_id, user_scope)
+        await find_task(services.db, task_id, user_scope)
         return ServerSentEvent(task_events(services, task_id))
 
     @get(
@@ -358,7 +358,7 @@ class TaskController(Controller):
     async def callback_attempts(
         self, task_id: str, services: ServicesDep, user_scope: str | None
     ) -> CallbackAttemptList:
-        await _find(services, task_id, user_scope)
+        await find_task(services.db, task_id, user_scope)
         rows = await callbacks.attempts(services.db, task_id)
         return CallbackAttemptList(
             attempts=[
@@ -404,17 +404,3 @@ async def task_events(services: ServicesDep, task_id: str) -> AsyncIterator[Serv
             yield ServerSentEventMessage(comment="keep-alive")
         await anyio.sleep(POLL_S)
         quiet += POLL_S
-
-
-async def _find(services: ServicesDep, task_id: str, scope: str | None) -> Task:
-    """The task, or the 404 of a missing one (also for another user's task under a scope)."""
-    task = await get_task(services.db, task_id) if _is_uuid(task_id) else None
-    return visible(task, scope, task_id)
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
