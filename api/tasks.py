@@ -59,16 +59,10 @@ class CallbackAttemptList(msgspec.Struct, kw_only=True):
 
 async def _check_callback_url(url: str | None, settings: Settings) -> None:
     """Refuses a callback URL that is not http(s), or whose host is (or resolves to) a
-    loopback, link-local, private or reserved address not in CALLBACK_ALLOWLIST (SSRF). A
-    host that does not resolve now is accepted: delivery checks again and retries."""
-    if url is None:
-        return
-    try:
-        await anyio.to_thread.run_sync(check_url, url, settings.callback_allowlist)
-    except Unresolvable:
-        return
-    except UnsafeURL as exc:
-        raise ApiError(422, "invalid_callback_url", str(exc), "callback_url") from None
+    loopback, link-local, private or reserved address not in CALLBACK_ALLOWLIST (SSRF)."""
+    if url is not None:
+        allowlist = settings.callback_allowlist
+        await _refuse_unsafe(url, allowlist, "invalid_callback_url", "callback_url")
 
 
 async def _check_audio_urls(
@@ -80,20 +74,34 @@ async def _check_audio_urls(
         value = clean_input.get(name)
         if spec.type != "audio" or not isinstance(value, str) or value.startswith("upload:"):
             continue
-        try:
-            await anyio.to_thread.run_sync(
-                partial(
-                    check_url,
-                    value,
-                    settings.audio_url_allowlist,
-                    what="audio URL",
-                    setting="AUDIO_URL_ALLOWLIST",
-                )
-            )
-        except Unresolvable:
-            continue
-        except UnsafeURL as exc:
-            raise ApiError(422, "invalid_input", str(exc), f"input.{name}") from None
+        await _refuse_unsafe(
+            value,
+            settings.audio_url_allowlist,
+            "invalid_input",
+            f"input.{name}",
+            what="audio URL",
+            setting="AUDIO_URL_ALLOWLIST",
+        )
+
+
+async def _refuse_unsafe(
+    url: str,
+    allowlist: str,
+    code: str,
+    field: str,
+    what: str = "callback_url",
+    setting: str = "CALLBACK_ALLOWLIST",
+) -> None:
+    """A 422 ``code`` naming ``field`` when ``url`` is unsafe to call (aimarket.ssrf, whose
+    messages name ``what`` and ``setting``). A host that does not resolve now is accepted:
+    the request checks it again right before it is made (and a callback retries)."""
+    check = partial(check_url, url, allowlist, what=what, setting=setting)
+    try:
+        await anyio.to_thread.run_sync(check)
+    except Unresolvable:
+        return
+    except UnsafeURL as exc:
+        raise ApiError(422, code, str(exc), field) from None
 
 
 class Submitted(NamedTuple):
