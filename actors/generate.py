@@ -22,7 +22,6 @@ from actors.registry import stage
 from actors.resources import resources
 from aimarket.metrics import observe_generation
 from aimarket.state import blob_key
-from db.tasks import mark_running
 
 Kind = Literal["musicgen", "audiogen"]
 
@@ -100,8 +99,8 @@ async def run_generation(
     from actors import audio_models  # heavy: torch + audiocraft
 
     res = resources()
+    # Already running: the stage's start (actors/registry.py) moved the task out of queued.
     task = await active_task(task_id)
-    await mark_running(res.db, task_id)
     params = res.stage(workflow, stage_id).params
     model_ref = str(params.get("model") or model_setting(kind))
     inputs = given if isinstance(given, dict) and "prompt" in given else task.input

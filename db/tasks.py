@@ -53,18 +53,6 @@ async def unfinished_tasks(db: Database) -> list[tuple[str, str]]:
         return [(row[0], row[1]) for row in rows]
 
 
-async def mark_running(db: Database, task_id: str) -> bool:
-    """queued -> running; sets started_at once. False when the task is no longer active."""
-    async with db.session() as session, session.begin():
-        now = utcnow()
-        result = await session.execute(
-            update(Task)
-            .where(Task.id == task_id, Task.status.in_(_ACTIVE))
-            .values(status=TaskStatus.RUNNING, started_at=func.coalesce(Task.started_at, now))
-        )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
-
-
 async def start_task(db: Database, task_id: str) -> bool:
     """queued -> running, setting started_at. True only for the call that made the move (so
     the ``started`` event is sent once, however many stages or deliveries race to it)."""
