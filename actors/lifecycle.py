@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import dramatiq
 import msgspec
@@ -17,10 +17,8 @@ from actors.resources import resources
 from aimarket.task_view import task_view
 from db.models import Task, TaskStatus
 from db.tasks import finish_task, get_task
+from workflows.compiler import announce_end
 from workflows.inputs import InputError, validate_input
-
-if TYPE_CHECKING:
-    from workflows.compiler import Plan
 
 log = logging.getLogger(__name__)
 
@@ -82,27 +80,9 @@ async def fail(task_id: str, stage_id: str, code: str, message: str) -> None:
     task = await get_task(res.db, task_id)
     if task is None:
         return
+    # The workflow says what to do on failure (on_failure, then finally), else the callback.
     plan = res.plans.get(task.workflow)
-    if plan is not None:
-        # The workflow says what to do on failure (on_failure, then finally), else callback.
-        await asyncio.to_thread(plan.announce_end, res.broker, task_id, failed=True)
-    else:
-        callback.send(task_id, task.workflow, "callback")
-
-
-def announce_cancelled(
-    broker: dramatiq.Broker, task_id: str, workflow: str, plan: Plan | None
-) -> None:
-    """Tell the client that a task was cancelled (once: after the cancel that ended it).
-
-    A workflow with ``finally`` handlers runs them (the workflow says how its client is told;
-    ``on_failure`` does not run: a cancel is not a failure); any other gets the callback.
-    Blocking (a confirmed publish): call it from a thread.
-    """
-    if plan is not None:
-        plan.announce_end(broker, task_id, failed=False)
-    else:
-        broker.enqueue(callback.message(task_id, workflow, "callback"))
+    await asyncio.to_thread(announce_end, res.broker, task_id, task.workflow, plan, failed=True)
 
 
 @stage("task.callback", queue="callbacks", max_retries=10, min_backoff=1000, max_backoff=300_000)

@@ -36,6 +36,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Literal, Protocol
 
 import dramatiq
@@ -48,7 +49,7 @@ from db import stage_runs
 from db.engine import Database
 from db.models import RunStatus, StageRun, Task, TaskStatus
 from db.tasks import finish_task, stale_active_tasks, untold_ended_tasks
-from workflows.compiler import CALLBACK_ACTOR, Plan
+from workflows.compiler import CALLBACK_ACTOR, Plan, announce_end
 
 log = logging.getLogger(__name__)
 
@@ -326,8 +327,9 @@ class Sweeper:
         except Exception as exc:  # the row says failed: nothing after this stage will run
             log.warning("sweep: could not mark task %s in the state: %s", task.id, exc)
         try:
+            plan = self.plans.get(task.workflow)
             await self._publish(
-                announce_failed, self.broker, task.id, task.workflow, self.plans.get(task.workflow)
+                partial(announce_end, failed=True), self.broker, task.id, task.workflow, plan
             )
         except Exception as exc:
             log.error("sweep: could not queue the callback of task %s: %s", task.id, exc)
@@ -339,16 +341,6 @@ class Sweeper:
 
     async def close(self) -> None:
         await self.marks.close()
-
-
-def announce_failed(
-    broker: dramatiq.Broker, task_id: str, workflow: str, plan: Plan | None
-) -> None:
-    """Tell the client a task failed, as ``task.fail`` does (Plan.announce_end). Blocking."""
-    if plan is not None:
-        plan.announce_end(broker, task_id, failed=True)
-    else:
-        broker.enqueue(broker.get_actor(CALLBACK_ACTOR).message(task_id, workflow, "callback"))
 
 
 def _running(events: dict[str, Any], runs: list[StageRun]) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from typing import Any
 
 from litestar import Response, post
@@ -23,6 +24,7 @@ from api.scope import find_task
 from api.services import ServicesDep
 from db.models import TaskStatus
 from db.tasks import finish_task, get_task
+from workflows.compiler import announce_end
 
 log = logging.getLogger(__name__)
 
@@ -67,18 +69,14 @@ async def cancel_task(
         await services.state.set_cancelled(task_id)
     except Exception as exc:  # the row says cancelled: nothing else will run after this stage
         log.warning("could not mark task %s cancelled for a running stage: %s", task_id, exc)
-    # Imported here: actor modules must load after Services.build has set the broker up.
-    from actors.lifecycle import announce_cancelled
-
+    # A workflow with `finally` handlers runs them (on_failure does not: a cancel is not a
+    # failure); any other gets the callback.
     loop = asyncio.get_running_loop()
+    tell = partial(announce_end, failed=False)
+    plan = services.plans.get(task.workflow)
     try:
         await loop.run_in_executor(
-            services.publisher,
-            announce_cancelled,
-            services.broker,
-            task_id,
-            task.workflow,
-            services.plans.get(task.workflow),
+            services.publisher, tell, services.broker, task_id, task.workflow, plan
         )
     except Exception as exc:
         log.error("could not queue the callback of cancelled task %s: %s", task_id, exc)

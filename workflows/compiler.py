@@ -106,17 +106,6 @@ class Plan:
             [s.message(self.workflow.name, task_id) for s in steps], broker=broker
         )
 
-    def announce_end(self, broker: dramatiq.Broker, task_id: str, *, failed: bool) -> None:
-        """Tell the client that the task ended other than by its own last stage (a stage
-        failed for good, a cancel, the sweep): the handlers that apply (``on_failure`` only
-        when it failed, then ``finally``) when the workflow has any, else the callback.
-        Blocking (a confirmed publish): call it from a thread."""
-        if self.handler_steps(failed):
-            self.handlers(broker, task_id, failed=failed).run()  # type: ignore[no-untyped-call]
-        else:
-            callback = broker.get_actor(CALLBACK_ACTOR)
-            broker.enqueue(callback.message(task_id, self.workflow.name, "callback"))
-
     def handler_steps(self, failed: bool) -> tuple[Step, ...]:
         return (*(self.on_failure if failed else ()), *self.finally_)
 
@@ -130,6 +119,20 @@ class Plan:
             if not steps:
                 return True  # announce_end sends the callback itself
         return any(step.stage.actor == CALLBACK_ACTOR for step in steps)
+
+
+def announce_end(
+    broker: dramatiq.Broker, task_id: str, workflow: str, plan: Plan | None, *, failed: bool
+) -> None:
+    """Tell the client that a task ended other than by its own last stage (a stage failed for
+    good, a cancel, the sweep): the workflow's handlers that apply (``on_failure`` only when
+    it failed, then ``finally``) when it has any, else the callback (also when the workflow
+    is gone: ``plan`` None). Blocking (a confirmed publish): call it from a thread."""
+    if plan is not None and plan.handler_steps(failed):
+        plan.handlers(broker, task_id, failed=failed).run()  # type: ignore[no-untyped-call]
+    else:
+        callback = broker.get_actor(CALLBACK_ACTOR)
+        broker.enqueue(callback.message(task_id, workflow, "callback"))
 
 
 def message_options(stage: Stage) -> dict[str, Any]:
