@@ -140,7 +140,7 @@ async def _may_start(
     res = resources()
     plan = res.plans.get(workflow)
     if plan is not None and any(
-        step.stage.id == stage_id for step in (*plan.on_failure, *plan.finally_)
+        step.stage.id == stage_id for step in plan.handler_steps(failed=True)
     ):
         return True, None
     task = await get_task(res.db, task_id)
