@@ -34,10 +34,12 @@ from api.media import media
 from api.metrics import PROMETHEUS, count_submitted, metrics, queue_counts, watch_queues
 from api.openapi import add_workflow_inputs, document_errors
 from api.playground import playground
+from api.scope import HEADER as SCOPE_HEADER
 from api.scope import SCOPE_PARAMETER
+from api.screening import Screening
 from api.services import Services
 from api.stats import stats
-from api.tasks import TaskController
+from api.tasks import IDEMPOTENCY_HEADER, TaskController
 from api.uploads import upload_audio
 from api.workflows import list_workflows
 from db.migrate import upgrade
@@ -112,7 +114,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     app = Litestar(
         # The admin router is outside v1: the marketplace's token must not open it.
         route_handlers=[v1, admin_router(sweeper), live, ready, media, playground, metrics],
-        middleware=[PROMETHEUS.middleware],
+        # Screening refuses bad text and JSON before any route (api/screening.py).
+        middleware=[PROMETHEUS.middleware, Screening((IDEMPOTENCY_HEADER, SCOPE_HEADER))],
         dependencies={"services": Provide(lambda: services, sync_to_thread=False)},
         exception_handlers=HANDLERS,
         lifespan=[lifespan],

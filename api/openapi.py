@@ -59,8 +59,9 @@ def document_errors(app: Litestar) -> None:
 
     Litestar documents a 400 of its own shape (``status_code``, ``detail``) on every route
     that has parameters, but the API answers an ErrorBody, and a route whose only parameters
-    are path strings can never answer 400. And every route behind the bearer token can
-    answer 401, which no route lists itself.
+    are path strings can never answer 400. Every route behind the bearer token can answer
+    401, and every route that reads a query, a header or a body can answer the 422 of text
+    with a control character (api/screening.py): no route lists these itself.
     """
     document: dict[str, Any] = app.plugins.get(OpenAPIPlugin).provide_openapi_schema()
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
@@ -91,6 +92,27 @@ def document_errors(app: Litestar) -> None:
                 responses.setdefault(
                     "401", error("No valid `Authorization: Bearer <token>` header")
                 )
+            if _reads_text(operation):
+                if "422" in responses:
+                    more = _INVALID_TEXT[0].lower() + _INVALID_TEXT[1:]
+                    responses["422"]["description"] += "; or " + more
+                else:
+                    responses["422"] = error(_INVALID_TEXT)
+
+
+_INVALID_TEXT = (
+    "A query parameter, header or body string holds a control character other than tab, "
+    "line feed and carriage return (code `invalid_text`, with the field)"
+)
+
+
+def _reads_text(operation: dict[str, Any]) -> bool:
+    """Whether the screening of text applies: the operation reads a query, a header or a
+    JSON body (path parameters are ids, looked up or refused as such)."""
+    body = operation.get("requestBody", {}).get("content", {})
+    return "application/json" in body or any(
+        p.get("in") in ("query", "header") for p in operation.get("parameters", [])
+    )
 
 
 def _litestar_400(response: dict[str, Any]) -> bool:

@@ -33,6 +33,9 @@ from workflows.spec import Workflow
 
 log = logging.getLogger(__name__)
 
+#: The header of a submission's idempotency key (see submit).
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
 #: How often an event stream looks for changes, how long it stays quiet before a keep-alive
 #: comment (proxies close idle connections), and how long one stream may last.
 POLL_S = 0.3
@@ -280,7 +283,7 @@ class TaskController(Controller):
         data: CreateTask,
         services: ServicesDep,
         idempotency_key: str | None = Parameter(
-            header="Idempotency-Key",
+            header=IDEMPOTENCY_HEADER,
             required=False,
             # No min/max_length here: Litestar would name the field `idempotency_key` in its
             # 400; submit() checks the length and names the header. The document says it.
