@@ -291,8 +291,10 @@ def validate(paths: tuple[Path, ...], fmt: str) -> None:
     else:
         for d in diagnostics:
             click.echo(d.format())
-        warnings = len(diagnostics) - errors
-        click.echo(f"{len(files)} file(s) checked, {errors} error(s), {warnings} warning(s)")
+        warnings = sum(d.severity == "warning" for d in diagnostics)
+        notes = len(diagnostics) - errors - warnings
+        summary = f"{len(files)} file(s) checked, {errors} error(s), {warnings} warning(s)"
+        click.echo(summary + (f", {notes} note(s)" if notes else ""))
     sys.exit(1 if errors else 0)
 
 

@@ -3,16 +3,17 @@ runs them in a thread."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import boto3
 from botocore.client import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
-from aimarket.settings import Settings
+from aimarket.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CreateBucketConfigurationTypeDef
 
 
 def media_key(task_id: str, name: str, index: int, extension: str = "wav") -> str:
@@ -38,9 +39,15 @@ def _client(settings: Settings, endpoint_url: str | None) -> S3Client:
     )
 
 
+#: AWS's region with no LocationConstraint: create_bucket must name any other one.
+_DEFAULT_REGION = "us-east-1"
+
+
 class MediaStore:
     def __init__(self, settings: Settings) -> None:
         self.bucket = settings.bucket
+        self.region = settings.aws_region_name
+        self.endpoint = settings.s3_endpoint_url
         self.url_ttl = settings.presigned_url_ttl
         self.client = _client(settings, settings.s3_endpoint_url)
         # Presigning is local computation; a second client only changes the URL's host.
@@ -48,13 +55,41 @@ class MediaStore:
         self.signer = _client(settings, public) if public else self.client
 
     def ensure_bucket(self) -> None:
-        """Create the bucket when it is missing (MinIO and fresh test servers start empty)."""
+        """Create the bucket when it is missing (MinIO and fresh servers start empty), in
+        AWS_REGION_NAME. Raises SettingsError, one line naming the setting to look at, when
+        the bucket can be neither reached nor created: a deployment must not start without
+        its media store."""
         try:
-            self.client.head_bucket(Bucket=self.bucket)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket"):
-                raise
-            self.client.create_bucket(Bucket=self.bucket)
+            try:
+                self.client.head_bucket(Bucket=self.bucket)
+            except ClientError as exc:
+                if _code(exc) not in ("404", "NoSuchBucket"):
+                    raise
+                if self.region == _DEFAULT_REGION:
+                    self.client.create_bucket(Bucket=self.bucket)
+                else:
+                    # Any region name: MinIO and other servers have their own.
+                    where = cast(
+                        "CreateBucketConfigurationTypeDef", {"LocationConstraint": self.region}
+                    )
+                    self.client.create_bucket(Bucket=self.bucket, CreateBucketConfiguration=where)
+        except (ClientError, BotoCoreError) as exc:
+            raise SettingsError(self._unusable(exc)) from None
+
+    def _unusable(self, exc: ClientError | BotoCoreError) -> str:
+        """Why the bucket cannot be used, naming the setting most likely at fault."""
+        where = f"at {self.endpoint}" if self.endpoint else "on AWS"
+        code = _code(exc) if isinstance(exc, ClientError) else ""
+        if isinstance(exc, BotoCoreError):
+            setting = "S3_ENDPOINT_URL"
+        elif code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            setting = "AWS_ACCESS_KEY and AWS_SECRET_KEY"
+        elif "Location" in code or "Region" in code or code == "AuthorizationHeaderMalformed":
+            setting = "AWS_REGION_NAME"
+        else:
+            setting = "S3_BUCKET"
+        reason = " ".join(str(exc).split())  # one line, whatever botocore wrote
+        return f"S3 bucket {self.bucket!r} {where} cannot be used (check {setting}): {reason}"
 
     def ping(self) -> None:
         self.client.head_bucket(Bucket=self.bucket)
@@ -77,3 +112,7 @@ class MediaStore:
         return self.signer.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.url_ttl
         )
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))

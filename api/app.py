@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import anyio.to_thread
 import msgspec
 from litestar import Litestar, Request, Router
 from litestar.di import Provide
@@ -54,6 +53,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         # Embedded SQLite: built (and later upgraded) by the same Alembic migrations.
         upgrade(database_url(settings))
     services = Services.build(settings)
+    # Here, not in the lifespan: a bucket that cannot be used stops `aimarket serve` with one
+    # line (a SettingsError), before the server starts. Created when missing.
+    services.store.ensure_bucket()
     check_admin_token(settings, services.token)
     embedded = is_embedded(services.broker)
     if embedded:
@@ -71,8 +73,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        # The bucket is created when missing (MinIO and fresh servers start empty).
-        await anyio.to_thread.run_sync(services.store.ensure_bucket)
         for part, backend in describe(settings).items():
             log.info("%-8s -> %s", part, backend)
         log.info(

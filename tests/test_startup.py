@@ -4,12 +4,15 @@ never imports torch; readiness names the backend that is down."""
 from __future__ import annotations
 
 import subprocess
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import BIN, ROOT, Api, free_port, start, stop
+from aimarket.settings import load_settings
+from aimarket.storage import MediaStore
+from tests.conftest import BIN, ROOT, Api, free_port, serve, start, stop
 
 
 def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -132,3 +135,47 @@ def test_importing_the_api_registers_no_actor_before_the_broker_is_set() -> None
     )
     result = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_serve_creates_its_bucket_in_another_region(
+    service_env: dict[str, str], tmp_path: Path
+) -> None:
+    bucket = f"eu-{uuid.uuid4().hex[:8]}"
+    env = {**service_env, "AWS_REGION_NAME": "eu-west-1", "S3_BUCKET": bucket}
+    api = serve(env, tmp_path)
+    try:
+        client = MediaStore(load_settings(env, env_file=None)).client
+        assert client.get_bucket_location(Bucket=bucket)["LocationConstraint"] == "eu-west-1"
+    finally:
+        stop(api.proc)
+
+
+def test_serve_without_its_media_store_stops_in_one_line(
+    service_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**service_env, "S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
+    result = run_cli(["serve", "--port", str(free_port())], env, tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "S3 bucket 'aimarket-test'" in lines[0]
+    assert "check S3_ENDPOINT_URL" in lines[0]
+
+
+def test_a_max_duration_under_the_builtin_defaults_still_serves(
+    service_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**service_env, "MAX_DURATION": "5"}
+    result = run_cli(["workflows", "validate"], env, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "note default-clamped" in result.stdout
+    assert "it becomes 5" in result.stdout
+    api = serve(env, tmp_path)
+    try:
+        headers = {"authorization": f"Bearer {env['MARKETPLACE_TOKEN']}"}
+        listed = httpx.get(api.url + "/v1/workflows", headers=headers).json()["workflows"]
+        music = next(w for w in listed if w["name"] == "text2music")
+        duration = music["input_schema"]["properties"]["duration"]
+        assert (duration["default"], duration["maximum"]) == (5, 5)
+    finally:
+        stop(api.proc)

@@ -70,7 +70,7 @@ ACTOR_OUTPUTS: dict[str, tuple[str, ...]] = {
 #: A queue workers consume besides the actors' own.
 EXTRA_QUEUES = ("musicgen-large",)
 
-_EXPECT = re.compile(r"#\s*expect:\s*(\d+):(\d+)\s+(error|warning)\s+([a-z-]+)\s*$")
+_EXPECT = re.compile(r"#\s*expect:\s*(\d+):(\d+)\s+(error|warning|note)\s+([a-z-]+)\s*$")
 
 # Codes a single file in workflows_broken/ cannot show; each has its own test below.
 _CODES_TESTED_ELSEWHERE = {"unreadable-file", "duplicate-workflow", "missing-dir"}
@@ -412,6 +412,27 @@ def test_validate_input_follows_the_settings() -> None:
     assert validate_input(workflow, {"prompt": "x", "duration": 12})["duration"] == 12
     with pytest.raises(InputError, match="must be at most 12"):
         validate_input(workflow, {"prompt": "x", "duration": 12.5})
+
+
+def test_a_lower_max_duration_lowers_the_builtin_defaults() -> None:
+    # MAX_DURATION=5 under the built-ins' default of 8: the default becomes 5 (a note), the
+    # service starts, and a request without a duration asks for 5 s.
+    workflows = builtins(Settings(max_duration=5))
+    for name in ("text2music", "soundtrack", "variations", "continuation"):
+        field = workflows[name].input["duration"]
+        assert field.default == 5 and field.maximum == 5, name
+    assert validate_input(workflows["text2music"], {"prompt": "x"})["duration"] == 5
+    assert workflows["text2sound"].input["duration"].default == 5  # its own default
+
+
+def test_a_clamped_default_is_a_note_and_the_file_loads(tmp_path: Path) -> None:
+    workflow, diagnostics = check(BROKEN / "default-clamped.yaml")
+    assert workflow is not None
+    assert workflow.input["duration"].default == 30
+    assert workflow.input["steps"].default == 100
+    assert isinstance(workflow.input["steps"].default, int)
+    assert [d.severity for d in diagnostics] == ["note", "note"]
+    assert "(45) is beyond the limit 30 ($MAX_DURATION): it becomes 30" in diagnostics[0].message
 
 
 def test_duration_limits_everywhere_on_a_grid() -> None:

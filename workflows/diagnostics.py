@@ -11,7 +11,9 @@ from typing import Literal
 
 import msgspec
 
-Severity = Literal["error", "warning"]
+#: ``note``: nothing is wrong, but the file does not mean exactly what it says here (a default
+#: beyond a deployment's limit that became the limit, say).
+Severity = Literal["error", "warning", "note"]
 
 
 class Diagnostic(msgspec.Struct, frozen=True, kw_only=True):

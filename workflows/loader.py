@@ -27,6 +27,9 @@ Diagnostic codes (stable; tests and tooling match on them, the wording may chang
 ``empty-range``                 the limits leave no valid value (``minimum`` above ``maximum``)
 ``bad-enum``                    an empty enum, a member of the wrong type, a repeated member
 ``bad-default``                 a default of the wrong type, outside the limits, not in the enum
+``default-clamped``             (note) a default beyond a ``minimum``/``maximum`` that is a
+                                ``$SETTING`` becomes that limit (a deployment's limit must not
+                                break a workflow written for the defaults)
 ``empty-stages``                ``stages`` is an empty list
 ``out-of-range``                a number outside its range (``version: 0``,
                                 ``retry.max_attempts: 50``, ``timeout_s: -1``,
@@ -121,7 +124,8 @@ CODES = frozenset(
         "yaml-syntax", "unreadable-file", "not-a-mapping", "unknown-key", "missing-key",
         "duplicate-key", "wrong-type", "bad-name", "duplicate-stage", "unknown-actor",
         "unknown-setting", "setting-not-numeric", "unknown-type", "not-for-type",
-        "conflicting-limits", "empty-range", "bad-enum", "bad-default", "empty-stages",
+        "conflicting-limits", "empty-range", "bad-enum", "bad-default", "default-clamped",
+        "empty-stages",
         "out-of-range", "timeout-over-broker-limit", "backoff-over-broker-limit",
         "bad-retry-on", "unknown-queue", "dangling-need", "self-need", "duplicate-need",
         "cycle", "foreach-required", "bad-handler", "bad-expression", "unknown-reference",
@@ -388,7 +392,8 @@ def load_workflows(
     if has_errors(diagnostics):
         raise WorkflowError(diagnostics)
     for diagnostic in diagnostics:
-        log.warning("%s", diagnostic.format())
+        level = logging.INFO if diagnostic.severity == "note" else logging.WARNING
+        log.log(level, "%s", diagnostic.format())
     return workflows
 
 
@@ -600,6 +605,27 @@ def _default_value(node: yaml.Node, ftype: InputType) -> Scalar | None:
         value = _SCALARS.construct_yaml_float(node)
         return value if math.isfinite(value) else None
     return None
+
+
+def _clamp_to_setting(value: Scalar, limits: Mapping[str, _Limit]) -> tuple[_Limit, Number] | None:
+    """The limit and the new default when a numeric default is beyond a ``minimum`` or
+    ``maximum`` that names a setting (``$MAX_DURATION``): an operator's lower limit then
+    lowers the default with it. A limit written as a number is the author's, and a default
+    beyond it stays an error (``bad-default``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    for key in ("maximum", "minimum"):
+        limit = limits.get(key)
+        if limit is None or not _from_setting(limit):
+            continue
+        if (key == "maximum" and value > limit.value) or (key == "minimum" and value < limit.value):
+            # An integer field's limits are whole (check_limits): its default stays an int.
+            return limit, int(limit.value) if isinstance(value, int) else limit.value
+    return None
+
+
+def _from_setting(limit: _Limit) -> bool:
+    return isinstance(limit.node, yaml.ScalarNode) and str(limit.node.value).startswith("$")
 
 
 def _limit_problem(value: Scalar, limits: Mapping[str, _Limit]) -> str | None:
@@ -1146,6 +1172,15 @@ class _Checker:
             hint = "leave 'default' out to make the field required"
             self.report(node, "bad-default", message, hint if _is_scalar(node, _NULL) else None)
             return None
+        clamped = _clamp_to_setting(value, limits)
+        if clamped is not None:
+            limit, new = clamped
+            message = (
+                f"the default of {what} ({value!r}) is beyond the limit {limit.text}: "
+                f"it becomes {_fmt(new)}"
+            )
+            value = new
+            self.report(node, "default-clamped", message, severity="note")
         problem = _limit_problem(value, limits)
         if problem is None and enum is not None and value not in enum:
             problem = "is not one of the enum members"
