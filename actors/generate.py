@@ -201,9 +201,9 @@ async def _store_clip(task_id: str, stage_id: str, clip: Clip) -> dict[str, Any]
     res = resources()
     item = current_item()
     key = blob_key(task_id, stage_id if item < 0 else f"{stage_id}.{item}", 0)
-    await res.state.put_blob(key, audio_models.encode_wav(clip.samples, clip.sample_rate))
+    ref = await res.handoff.put(key, audio_models.encode_wav(clip.samples, clip.sample_rate))
     media = {
-        "blob": key,
+        "blob": ref,
         "content_type": "audio/wav",
         "sample_rate": clip.sample_rate,
         "duration_s": clip.samples.shape[-1] / clip.sample_rate,

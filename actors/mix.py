@@ -58,19 +58,19 @@ async def mix(
     levels = [float(x) for x in (given or {}).get("levels") or [1.0] * len(tracks)]
     if not tracks or len(levels) != len(tracks):
         raise StageError("invalid_mix", "mix needs tracks and one level per track")
-    state = resources().state
+    handoff = resources().handoff
     wavs = []
     for track in tracks:
-        data = await state.get_blob(track["blob"])
+        data = await handoff.get(track["blob"])
         if data is None:
             raise StageError("media_lost", f"track {track['blob']} expired before the mix")
         wavs.append(data)
     wav, rate, duration = await asyncio.to_thread(mix_wavs, wavs, levels)
     item = current_item()
     key = blob_key(task_id, stage_id if item < 0 else f"{stage_id}.{item}", 0)
-    await state.put_blob(key, wav)
+    ref = await handoff.put(key, wav)
     return {
         "media": [
-            {"blob": key, "content_type": "audio/wav", "sample_rate": rate, "duration_s": duration}
+            {"blob": ref, "content_type": "audio/wav", "sample_rate": rate, "duration_s": duration}
         ]
     }

@@ -9,6 +9,7 @@ from functools import cached_property
 
 import dramatiq
 
+from actors.handoff import Handoff
 from aimarket.backends import Media, State, database_url, make_media, make_state
 from aimarket.settings import Settings, get_settings
 from db.engine import Database
@@ -34,6 +35,10 @@ class Resources:
         store = make_media(self.settings)
         store.ensure_bucket()
         return store
+
+    @cached_property
+    def handoff(self) -> Handoff:
+        return Handoff(self.state, self.store)
 
     @cached_property
     def workflows(self) -> dict[str, Workflow]:

@@ -71,7 +71,7 @@ async def store(
         duration = float(item["duration_s"]) if "duration_s" in item else None
         rate = int(item["sample_rate"]) if "sample_rate" in item else None
         extra: dict[str, Any] = {}
-        data = await res.state.get_blob(item["blob"])
+        data = await res.handoff.get(item["blob"])
         if data is not None:
             if audio:
                 try:
@@ -106,7 +106,7 @@ async def store(
                 **extra,
             }
         )
-        await res.state.delete_blob(item["blob"])
+        await res.handoff.delete(item["blob"])
     if not outputs:
         raise StageError("no_output", "the generation stage produced no audio")
     return {"outputs": outputs}

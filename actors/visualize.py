@@ -31,18 +31,18 @@ async def visualize(
     A clip whose audio has already left the short-lived state (a redelivered message) passes
     through without pictures rather than failing the task.
     """
-    state = resources().state
+    handoff = resources().handoff
     media: list[dict[str, Any]] = []
     for index, item in enumerate((previous or {}).get("media", [])):
         media.append(item)
         if item.get("content_type") != "audio/wav":
             continue
-        wav = await state.get_blob(item["blob"])
+        wav = await handoff.get(item["blob"])
         if wav is None:
             continue
         waveform, spectrogram = await asyncio.to_thread(_pictures, wav)
         for name, png in (("waveform", waveform), ("spectrogram", spectrogram)):
             key = blob_key(task_id, f"{stage_id}-{name}", index)
-            await state.put_blob(key, png)
-            media.append({"blob": key, "name": name, "content_type": "image/png"})
+            ref = await handoff.put(key, png)
+            media.append({"blob": ref, "name": name, "content_type": "image/png"})
     return {"media": media}

@@ -63,6 +63,13 @@ class LocalMediaStore:
         tmp.write_bytes(data)
         tmp.replace(path)  # readers never see half a file
 
+    def get(self, key: str) -> bytes | None:
+        path = self.path(key)
+        return path.read_bytes() if path.is_file() else None
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
     def size(self, key: str) -> int | None:
         path = self.path(key)
         return path.stat().st_size if path.is_file() else None

@@ -22,6 +22,10 @@ callback is queued (``told``). Receivers drop a duplicate by its ``webhook-id``.
 A stage that is running counts as work however long it takes (a long generation is not
 stuck): the deadline bounds it. Passes run in every API process every ``SWEEP_INTERVAL_S``,
 one at a time across processes (a Redis lock; a process lock without Redis).
+
+While Redis is unreachable the sweep still runs (each process under its own lock: every
+action is safe to repeat), ends tasks past their deadline and tells untold clients, but judges
+no task stuck: it cannot see which stages are running.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import msgspec
 from aimarket.backends import State
 from aimarket.metrics import SWEEP_ACTIONS, QueueCounts
 from aimarket.settings import Settings
+from aimarket.state import OUTAGE_ERRORS
 from db import stage_runs
 from db.engine import Database
 from db.models import RunStatus, StageRun, Task, TaskStatus
@@ -104,19 +109,29 @@ return 0
 
 
 class RedisMarks:
-    """Marks in Redis, shared by every API process: ``SET NX EX`` is the lock."""
+    """Marks in Redis, shared by every API process: ``SET NX EX`` is the lock. While Redis
+    cannot be reached, the lock is this process's own (see the module doc)."""
 
     def __init__(self, url: str) -> None:
         import redis.asyncio as aioredis
 
         self.redis = aioredis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+        self._local = MemoryMarks()
 
     async def acquire(self, ttl_s: float) -> str | None:
         token = uuid.uuid4().hex
-        taken = await self.redis.set(LOCK_KEY, token, nx=True, ex=max(1, int(ttl_s)))
+        try:
+            taken = await self.redis.set(LOCK_KEY, token, nx=True, ex=max(1, int(ttl_s)))
+        except OUTAGE_ERRORS as exc:
+            log.warning("sweep: Redis unreachable (%s); sweeping under this process's lock", exc)
+            local = await self._local.acquire(ttl_s)
+            return None if local is None else _LOCAL + local
         return token if taken else None
 
     async def release(self, token: str) -> None:
+        if token.startswith(_LOCAL):
+            await self._local.release(token)
+            return
         await self.redis.eval(_RELEASE, 1, LOCK_KEY, token)
 
     async def resumed_at(self, task_id: str) -> float | None:
@@ -128,6 +143,10 @@ class RedisMarks:
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+
+#: The start of a lock token of this process's own lock (RedisMarks while Redis is down).
+_LOCAL = "local:"
 
 
 class MemoryMarks:
@@ -278,6 +297,8 @@ class Sweeper:
         if plan is None:
             return None  # a removed workflow: nothing to resume it with; the deadline ends it
         state = await self.state.get(task.id)
+        if state.get("unavailable"):
+            return None  # which stages run cannot be seen: only the deadline is judged
         events: dict[str, Any] = state.get("stages", {})
         runs = await stage_runs.runs(self.db, task.id) if plan.mode == "dag" else []
         if _running(events, runs):

@@ -57,6 +57,10 @@ class TaskOut(msgspec.Struct, kw_only=True):
     progress: float | None = None
     #: Progress of each stage while the task runs (kept for RESULT_TTL seconds).
     stages: dict[str, StageState] = {}
+    #: True when the live parts (``stage``, ``progress``, ``stages``) could not be read (the
+    #: short-lived state store is unreachable): they are left out, not known to be empty. The
+    #: status, timings and outputs come from the durable record and are right.
+    live_unavailable: bool = False
 
 
 class TaskList(msgspec.Struct, kw_only=True):
@@ -124,4 +128,5 @@ def task_view(
         stage=stage,
         progress=progress,
         stages=stages,
+        live_unavailable=bool((live or {}).get("unavailable")),
     )

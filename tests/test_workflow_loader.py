@@ -420,7 +420,7 @@ def test_a_lower_max_duration_lowers_the_builtin_defaults() -> None:
     workflows = builtins(Settings(max_duration=5))
     for name in ("text2music", "soundtrack", "variations", "continuation"):
         field = workflows[name].input["duration"]
-        assert field.default == 5 and field.maximum == 5, name
+        assert (field.default, field.maximum) == (5, 5), name
     assert validate_input(workflows["text2music"], {"prompt": "x"})["duration"] == 5
     assert workflows["text2sound"].input["duration"].default == 5  # its own default
 

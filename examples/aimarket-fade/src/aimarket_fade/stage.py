@@ -62,7 +62,7 @@ async def apply(
     if not isinstance(media, list) or not all(isinstance(m, dict) for m in media):
         raise StageError("invalid_fade", "fade.apply needs 'media': a list of media items")
     seconds = _seconds(given, workflow, stage_id)
-    state = resources().state
+    handoff = resources().handoff
     item = current_item()  # two items of a foreach stage must not share a blob key
     name = stage_id if item < 0 else f"{stage_id}.{item}"
     out: list[dict[str, Any]] = []
@@ -70,15 +70,15 @@ async def apply(
         if entry.get("content_type") != "audio/wav":
             out.append(entry)
             continue
-        wav = await state.get_blob(str(entry["blob"]))
+        wav = await handoff.get(str(entry["blob"]))
         if wav is None:
             raise StageError("media_lost", f"audio {entry['blob']} expired before the fade")
         # Decoding, fading and encoding a clip is CPU work: off the event loop that every
         # actor of this worker shares.
         faded, rate, duration = await asyncio.to_thread(fade_wav, wav, seconds)
         key = blob_key(task_id, name, index)
-        await state.put_blob(key, faded)
-        out.append({**entry, "blob": key, "sample_rate": rate, "duration_s": duration})
+        ref = await handoff.put(key, faded)
+        out.append({**entry, "blob": ref, "sample_rate": rate, "duration_s": duration})
     return {"media": out}
 
 
