@@ -7,9 +7,9 @@ holds up a generation worker, delivered with the same signature, SSRF checks and
 record as the terminal callback (``actors.webhooks``). The body is the task's view at the
 time of the try (``GET /v1/tasks/{id}``: status ``running``, the current stage and progress).
 
-Events are best-effort and short-lived: a few quick retries, and none once the task has
-ended (a late ``progress`` must not arrive after the final result). Their ``webhook-id`` is
-``{task_id}:started`` and ``{task_id}:progress:{stage}[:{percent}]``.
+Events are best-effort and short-lived: a few quick tries (EVENT_SCHEDULE_S), and none once
+the task has ended (a late ``progress`` must not arrive after the final result). Their
+``webhook-id`` is ``{task_id}:started`` and ``{task_id}:progress:{stage}[:{percent}]``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import msgspec
 
 from actors import webhooks
 from actors.resources import Resources, resources
+from aimarket.delays import enqueue_after
 from aimarket.task_view import task_view
 from db import stage_runs
 from db.models import Task, TaskStatus
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 Event = Literal["started", "progress"]
 #: Generation progress (0..1) at which a ``progress`` event is sent, beside stage ends.
 MILESTONES = (0.25, 0.5, 0.75)
+#: When an event is tried (as CALLBACK_RETRY_SCHEDULE): at once, then 1, 5 and 10 s later.
+EVENT_SCHEDULE_S = (0.0, 1.0, 5.0, 10.0)
 
 
 def wants(task: Task, event: Event) -> bool:
@@ -71,4 +74,8 @@ async def deliver_event(task_id: str, event: str, webhook_id: str) -> None:
         return
     live = await res.state.get(task_id)
     view = task_view(task, res.store, live, await stage_runs.runs(res.db, task_id))
-    await webhooks.deliver(res, task_id, url, msgspec.json.encode(view), webhook_id, event)
+    body = msgspec.json.encode(view)
+    delivery = await webhooks.deliver(res, task_id, url, body, webhook_id, event, EVENT_SCHEDULE_S)
+    if delivery.retry_in_s is not None:
+        again = deliver_event.message(task_id, event, webhook_id)
+        await asyncio.to_thread(enqueue_after, res.broker, again, delivery.retry_in_s)

@@ -14,8 +14,9 @@ from actors import webhooks
 from actors.errors import StageError, TaskGone
 from actors.registry import stage
 from actors.resources import resources
+from aimarket.delays import enqueue_after
 from aimarket.task_view import task_view
-from db.models import Task, TaskStatus
+from db.models import CallbackOutcome, Task, TaskStatus
 from db.tasks import finish_task, get_task
 from workflows.compiler import announce_end
 from workflows.inputs import InputError, validate_input
@@ -89,12 +90,17 @@ async def fail(task_id: str, stage_id: str, code: str, message: str) -> None:
 async def callback(
     task_id: str, workflow: str, stage_id: str, previous: Any = None
 ) -> dict[str, Any]:
-    """POSTs the task's final view (the body of GET /v1/tasks/{id}) to the client, signed.
+    """POSTs the task's final view (the body of GET /v1/tasks/{id}) to the client, signed,
+    on CALLBACK_RETRY_SCHEDULE (whatever the stage's own retry policy says: that one covers
+    this worker's own failures, a database that does not answer, say).
 
-    Network errors, 5xx and 429 raise, so Dramatiq retries with backoff (a workflow's stage
-    retry policy, or these actor options when ``task.fail`` sends it directly: about 15
-    minutes at most); refused URLs, redirects and other 4xx answers are final. Every try is
-    recorded in ``callback_attempts`` (see actors/webhooks.py).
+    A try that fails for a reason worth another (network error, 5xx, 429) queues the next try
+    for its time, the wait held by the broker (aimarket.delays), and this message ends: the
+    stages after it go on, and a worker restarted meanwhile loses nothing. After the last try
+    it gives up: ``callback_gave_up`` dead-letters the message (the admin API lists it, and an
+    operator can retry it once the receiver is back), and the give-up is counted and recorded.
+    Refused URLs, redirects and other 4xx answers are final. Every try is recorded in
+    ``callback_attempts`` with what came of it (see actors/webhooks.py).
     """
     res = resources()
     task = await get_task(res.db, task_id)
@@ -107,4 +113,14 @@ async def callback(
     # The id names the outcome: a task reopened by an operator (a dead letter retried) that
     # then succeeds is a new message, which receivers must not drop as a duplicate.
     webhook_id = f"{task_id}:{task.status}"
-    return await webhooks.deliver(res, task_id, url, body, webhook_id, "completed")
+    schedule = res.settings.callback_schedule_s
+    delivery = await webhooks.deliver(res, task_id, url, body, webhook_id, "completed", schedule)
+    if delivery.retry_in_s is not None:
+        again = callback.message(task_id, workflow, stage_id)
+        await asyncio.to_thread(enqueue_after, res.broker, again, delivery.retry_in_s)
+    elif delivery.outcome == CallbackOutcome.GAVE_UP:
+        raise StageError(
+            "callback_gave_up",
+            f"callback {webhook_id} to {url} gave up after {delivery.attempt} tries",
+        )
+    return {"callback": delivery.outcome}

@@ -1,5 +1,10 @@
 """Callback delivery: Standard Webhooks signatures, SSRF checks, and a record of every try.
 
+Each delivery is tried on a schedule (CALLBACK_RETRY_SCHEDULE for the terminal callback: the
+one Svix documents by default, 8 tries over about 28 hours; a few quick tries for the
+intermediate events): ``deliver`` makes one try, records what came of it, and says when the
+next is due; its caller queues that next try, the wait held by the broker (aimarket.delays).
+
 Each delivery has a ``webhook-id`` that stays the same across its retries (``{task_id}:
 {status}`` for the terminal callback, ``{task_id}:started``, ``{task_id}:progress:...`` for
 intermediate events), so a receiver can drop duplicates; ``webhook-timestamp`` is the time of
@@ -18,19 +23,20 @@ import hmac
 import logging
 import secrets
 import time
-from typing import Any
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import NamedTuple
 
-import dramatiq
 import httpx
-from dramatiq.middleware import CurrentMessage
 
 from actors.resources import Resources
-from actors.retries import retryable
 from aimarket.backends import kept_secret
 from aimarket.metrics import CALLBACK_ATTEMPTS, CALLBACK_FAILURES
 from aimarket.settings import Settings, SettingsError
 from aimarket.ssrf import Unresolvable, UnsafeURL, pinned, safe_addresses
 from db.callbacks import next_attempt, record_attempt
+from db.models import CallbackOutcome
+from db.tasks import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +44,13 @@ SECRET_PREFIX = "whsec_"  # noqa: S105 (the format's prefix, not a secret)
 USER_AGENT = "aimarket-callback"
 
 
-class CallbackError(RuntimeError):
-    """A try that is worth another one (network error, 5xx, 429, DNS failure)."""
+class Delivery(NamedTuple):
+    """What came of one try (recorded in ``callback_attempts`` as well)."""
+
+    attempt: int
+    outcome: CallbackOutcome
+    #: Seconds until the next try: set when ``outcome`` is ``retrying``.
+    retry_in_s: float | None = None
 
 
 def webhook_secret(settings: Settings) -> str:
@@ -86,33 +97,22 @@ def signed_headers(
     }
 
 
-def _last_try(exc: BaseException) -> bool:
-    """Whether Dramatiq will not run this message again after ``exc``: the workflow stage's
-    retry policy when the message has one, else the actor's own max_retries."""
-    message = CurrentMessage.get_current_message()
-    if message is None:
-        return True
-    options = message.options
-    policy = options.get("retry_policy")
-    if policy is not None and not retryable(exc, policy["retry_on"]):
-        return True
-    try:
-        actor = dramatiq.get_broker().get_actor(message.actor_name)
-        default = actor.options.get("max_retries", 20)
-    except Exception:  # an unknown actor: Dramatiq's default
-        default = 20
-    max_retries = options.get("max_retries", default)
-    return bool(options.get("retries", 0) >= max_retries)
-
-
 async def deliver(
-    res: Resources, task_id: str, url: str, body: bytes, webhook_id: str, event: str
-) -> dict[str, Any]:
+    res: Resources,
+    task_id: str,
+    url: str,
+    body: bytes,
+    webhook_id: str,
+    event: str,
+    schedule: Sequence[float],
+) -> Delivery:
     """One try at POSTing ``body`` to ``url``, recorded in ``callback_attempts``.
 
-    Raises CallbackError on network errors, DNS failures, 5xx and 429, so Dramatiq retries
-    with backoff. A URL refused by the SSRF check (DNS can change after submission), a
-    redirect (never followed) and other 4xx answers are final: recorded, logged, not retried.
+    ``schedule`` says when the tries of this delivery are (CALLBACK_RETRY_SCHEDULE): after a
+    network error, DNS failure, 5xx or 429, the outcome is ``retrying`` with the wait before
+    the next try, or ``gave_up`` after the last one; the caller queues that next try. A URL
+    refused by the SSRF check (DNS can change after submission), a redirect (never followed)
+    and other 4xx answers are final (``refused``); 2xx is ``delivered``.
     """
     settings = res.settings
     secret = webhook_secret(settings)
@@ -144,6 +144,15 @@ async def deliver(
         except httpx.HTTPError as exc:
             error, retry = f"{type(exc).__name__}: {exc}".rstrip(": "), True
     latency_ms = int((time.monotonic() - started) * 1000)
+    if status is not None and (status >= 500 or status == 429):
+        retry = True
+    retry_in_s = schedule[attempt] if retry and attempt < len(schedule) else None
+    if retry:
+        outcome = CallbackOutcome.GAVE_UP if retry_in_s is None else CallbackOutcome.RETRYING
+    elif status is not None and 200 <= status < 300:
+        outcome = CallbackOutcome.DELIVERED
+    else:
+        outcome = CallbackOutcome.REFUSED
     await record_attempt(
         res.db,
         task_id=task_id,
@@ -153,30 +162,49 @@ async def deliver(
         status_code=status,
         error=error,
         latency_ms=latency_ms,
+        outcome=outcome,
+        next_attempt_at=None if retry_in_s is None else utcnow() + timedelta(seconds=retry_in_s),
     )
-    if status is not None and (status >= 500 or status == 429):
-        error, retry = f"answered {status}", True
-    if retry:
-        CALLBACK_ATTEMPTS.labels(event, "error").inc()
-        failure = CallbackError(f"callback {webhook_id} try {attempt}: {error}")
-        if _last_try(failure):
+    _report(task_id, webhook_id, event, attempt, outcome, status, error, retry_in_s)
+    return Delivery(attempt, outcome, retry_in_s)
+
+
+def _report(
+    task_id: str,
+    webhook_id: str,
+    event: str,
+    attempt: int,
+    outcome: CallbackOutcome,
+    status: int | None,
+    error: str | None,
+    retry_in_s: float | None,
+) -> None:
+    """The metrics and the log line of one try."""
+    reason = error or f"answered {status}"
+    match outcome:
+        case CallbackOutcome.DELIVERED:
+            CALLBACK_ATTEMPTS.labels(event, "delivered").inc()
+        case CallbackOutcome.RETRYING:
+            CALLBACK_ATTEMPTS.labels(event, "error").inc()
+            log.info(
+                "callback %s try %d failed, next in %g s: %s",
+                webhook_id,
+                attempt,
+                retry_in_s,
+                reason,
+            )
+        case CallbackOutcome.GAVE_UP:
+            CALLBACK_ATTEMPTS.labels(event, "error").inc()
             CALLBACK_FAILURES.labels(event, "exhausted").inc()
-            log.warning("callback for task %s gave up after %d tries: %s", task_id, attempt, error)
-        else:
-            log.info("callback for task %s try %d failed (retried): %s", task_id, attempt, error)
-        raise failure
-    if error is not None:
-        CALLBACK_ATTEMPTS.labels(event, "refused").inc()
-        CALLBACK_FAILURES.labels(event, "refused").inc()
-        log.warning("callback for task %s not sent: %s", task_id, error)
-        return {"callback": "refused"}
-    assert status is not None
-    delivered = 200 <= status < 300
-    CALLBACK_ATTEMPTS.labels(event, "delivered" if delivered else "refused").inc()
-    if not delivered:
-        CALLBACK_FAILURES.labels(event, "refused").inc()
-    if 300 <= status < 400:
-        log.warning("callback for task %s answered a redirect %s (not followed)", task_id, status)
-    elif status >= 400:
-        log.warning("callback for task %s refused: %s", task_id, status)
-    return {"callback": status}
+            log.warning("callback for task %s gave up after %d tries: %s", task_id, attempt, reason)
+        case CallbackOutcome.REFUSED:
+            CALLBACK_ATTEMPTS.labels(event, "refused").inc()
+            CALLBACK_FAILURES.labels(event, "refused").inc()
+            if status is not None and 300 <= status < 400:
+                log.warning(
+                    "callback for task %s answered a redirect %s (not followed)", task_id, status
+                )
+            elif status is not None:
+                log.warning("callback for task %s refused: %s", task_id, status)
+            else:
+                log.warning("callback for task %s not sent: %s", task_id, error)

@@ -142,6 +142,12 @@ class Settings(msgspec.Struct, kw_only=True, rename="upper", forbid_unknown_fiel
     callback_allowlist: str = ""
     #: The same for audio input URLs (``audio_prompt``, ``melody``), which workers fetch.
     audio_url_allowlist: str = ""
+    #: When the terminal callback (succeeded, failed, cancelled) is tried, separated by commas:
+    #: the first try at once (``0``), then each entry is the wait after a failed try (a network
+    #: error, a 5xx or 429) before the next; after the last one it gives up. Units ``ms``,
+    #: ``s``, ``m``, ``h`` (a bare number is seconds). The default is the schedule Svix
+    #: documents for Standard Webhooks: 8 tries over about 27.6 hours.
+    callback_retry_schedule: str = "0,5s,5m,30m,2h,5h,10h,10h"
 
     # --- Limits per user and back-pressure ------------------------------------------------
     #: Tasks one user may submit per minute (0: no limit), shared by every API process
@@ -200,6 +206,11 @@ class Settings(msgspec.Struct, kw_only=True, rename="upper", forbid_unknown_fiel
         return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db_name}"
 
     @property
+    def callback_schedule_s(self) -> tuple[float, ...]:
+        """CALLBACK_RETRY_SCHEDULE in seconds (see parse_schedule)."""
+        return parse_schedule(self.callback_retry_schedule, "CALLBACK_RETRY_SCHEDULE")
+
+    @property
     def extra_queue_names(self) -> list[str]:
         return [q.strip() for q in self.extra_queues.split(",") if q.strip()]
 
@@ -224,6 +235,29 @@ class Settings(msgspec.Struct, kw_only=True, rename="upper", forbid_unknown_fiel
                 )
 
 
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DELAY = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
+
+
+def parse_schedule(text: str, name: str) -> tuple[float, ...]:
+    """``"0,5s,5m,2h"`` -> ``(0.0, 5.0, 300.0, 7200.0)``. The first entry is the first try,
+    which is always at once: it must be 0. Raises SettingsError naming the variable."""
+    delays: list[float] = []
+    for entry in text.split(","):
+        match = _DELAY.fullmatch(entry.strip())
+        if match is None:
+            raise SettingsError(
+                f"{name} is invalid: {entry.strip()!r} is not a delay such as 0, 500ms, 5s, 5m "
+                f"or 2h (got {text!r})"
+            )
+        delays.append(float(match[1]) * _UNITS[match[2] or "s"])
+    if delays[0] != 0:
+        raise SettingsError(
+            f"{name} is invalid: it must start with 0, the first try (got {text!r})"
+        )
+    return tuple(delays)
+
+
 _FIELD_NAMES = {name.upper() for name in Settings.__struct_fields__}
 _PATH = re.compile(r"\$\.(\w+)")
 
@@ -241,13 +275,15 @@ def load_settings(
     values.update(os.environ if environ is None else environ)
     data = {k: v for k, v in values.items() if k in _FIELD_NAMES and v != ""}
     try:
-        return msgspec.convert(data, Settings, strict=False)
+        settings = msgspec.convert(data, Settings, strict=False)
     except msgspec.ValidationError as exc:
         text = str(exc)
         match = _PATH.search(text)
         name = match.group(1) if match else "a setting"
         reason = _PATH.sub("", text).replace(" - at ", "").strip(" -")
         raise SettingsError(f"{name} is invalid: {reason} (got {data.get(name)!r})") from None
+    settings.callback_schedule_s  # noqa: B018  (checked at start-up, not at the first callback)
+    return settings
 
 
 @cache

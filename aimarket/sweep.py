@@ -17,7 +17,10 @@ and the tasks that **ended without their client being told**: ended more than
 ``TELL_AFTER_S`` ago (within a day), by a workflow that tells its client with
 ``task.callback``, with a callback URL, and no try of that callback on record (an API that
 died between ending the task, by a cancel or this sweep, and queueing its callback): the
-callback is queued (``told``). Receivers drop a duplicate by its ``webhook-id``.
+callback is queued (``told``); and those whose callback's last try asked for another that
+never came, ``TELL_AFTER_S`` past its time (the in-process queue of an embedded service that
+restarted while the try waited): the try is queued (``resent``). Receivers drop a duplicate
+by its ``webhook-id``.
 
 A stage that is running counts as work however long it takes (a long generation is not
 stuck): the deadline bounds it. Passes run in every API process every ``SWEEP_INTERVAL_S``,
@@ -51,6 +54,7 @@ from aimarket.metrics import SWEEP_ACTIONS, QueueCounts
 from aimarket.settings import Settings
 from aimarket.state import OUTAGE_ERRORS
 from db import stage_runs
+from db.callbacks import overdue_deliveries
 from db.engine import Database
 from db.models import RunStatus, StageRun, Task, TaskStatus
 from db.tasks import finish_task, stale_active_tasks, untold_ended_tasks
@@ -68,10 +72,13 @@ RESUMED_TTL_S = 7 * 86400
 #: callback is normally tried within seconds), if it ended within the last TELL_WINDOW_S.
 TELL_AFTER_S = 300.0
 TELL_WINDOW_S = 86400.0
+#: A delivery's next try is looked for in the last RESEND_WINDOW_S of due times: longer than
+#: the longest wait of any sane CALLBACK_RETRY_SCHEDULE.
+RESEND_WINDOW_S = 2 * 86400.0
 #: The error of a task whose first message could not be published (POST /v1/tasks said 503).
 NOT_ACCEPTED = "queue_unavailable"
 
-Kind = Literal["timeout", "resumed", "stuck", "told"]
+Kind = Literal["timeout", "resumed", "stuck", "told", "resent"]
 
 
 class Action(msgspec.Struct, kw_only=True):
@@ -234,6 +241,15 @@ class Sweeper:
         )
         for task in untold:
             await self._act(report, task, self._tell(task))
+        overdue = await overdue_deliveries(
+            self.db,
+            datetime.fromtimestamp(now - RESEND_WINDOW_S, UTC),
+            datetime.fromtimestamp(now - TELL_AFTER_S, UTC),
+            BATCH,
+        )
+        for task, _ in overdue:
+            reason = "the next try of its callback never came"
+            await self._act(report, task, self._tell(task, "resent", reason))
         return report
 
     @staticmethod
@@ -255,7 +271,12 @@ class Sweeper:
             "sweep: task %s (%s) %s: %s", task.id, task.workflow, action.action, action.reason
         )
 
-    async def _tell(self, task: Task) -> Action | None:
+    async def _tell(
+        self,
+        task: Task,
+        kind: Kind = "told",
+        reason: str = "",
+    ) -> Action | None:
         """Queue the final callback of an ended task whose client was never told."""
         if task.error_code == NOT_ACCEPTED:
             return None  # its submission was answered 503: that client was told, and retries
@@ -274,8 +295,8 @@ class Sweeper:
         return Action(
             task_id=task.id,
             workflow=task.workflow,
-            action="told",
-            reason=f"ended {task.status} with no try of its callback on record",
+            action=kind,
+            reason=reason or f"ended {task.status} with no try of its callback on record",
         )
 
     def _deadlines(self) -> Iterable[float]:

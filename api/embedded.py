@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 import anyio.to_thread
 import dramatiq
 
+from aimarket.delays import enqueue_after
+from aimarket.sweep import RESEND_WINDOW_S
 from api.services import Services
+from db.callbacks import overdue_deliveries
 from db.models import TaskStatus
-from db.tasks import finish_task, unfinished_tasks
+from db.tasks import finish_task, unfinished_tasks, utcnow
+from workflows.compiler import CALLBACK_ACTOR
 
 log = logging.getLogger(__name__)
 
@@ -53,4 +58,21 @@ async def resume_unfinished(services: Services) -> int:
         resumed += 1
     if resumed:
         log.info("resumed %d unfinished task(s) after a restart", resumed)
+    await resume_deliveries(services)
     return resumed
+
+
+async def resume_deliveries(services: Services) -> int:
+    """Queue again the next try of each final callback that was waiting for it when this
+    process stopped (the in-process queue held the wait), at the time it was due."""
+    now = utcnow()
+    window = timedelta(seconds=RESEND_WINDOW_S)
+    pending = await overdue_deliveries(services.db, now - window, now + window, limit=10_000)
+    callback = services.broker.get_actor(CALLBACK_ACTOR)
+    for task, due in pending:
+        message = callback.message(task.id, task.workflow, "callback")
+        wait = max(0.0, (due - now).total_seconds())
+        await anyio.to_thread.run_sync(enqueue_after, services.broker, message, wait)
+    if pending:
+        log.info("queued again the next callback try of %d task(s) after a restart", len(pending))
+    return len(pending)

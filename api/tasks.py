@@ -26,7 +26,7 @@ from api.schemas import CreateTask
 from api.scope import find_task, scoped_user, user_id_parameter
 from api.services import ServicesDep
 from db import callbacks, idempotency, stage_runs
-from db.models import Task, TaskStatus
+from db.models import CallbackOutcome, Task, TaskStatus
 from db.tasks import finish_task, get_task, insert_task, recent_tasks, utcnow
 from workflows.inputs import InputError, validate_input
 from workflows.spec import Workflow
@@ -54,6 +54,11 @@ class CallbackAttemptOut(msgspec.Struct, kw_only=True):
     error: str | None
     latency_ms: int
     created_at: datetime
+    #: ``delivered``; ``refused`` (a 3xx or 4xx answer, or a refused URL: final);
+    #: ``retrying`` (another try comes at ``next_attempt_at``); ``gave_up`` (the last try of
+    #: CALLBACK_RETRY_SCHEDULE failed). None for tries recorded before this was kept.
+    outcome: CallbackOutcome | None = None
+    next_attempt_at: datetime | None = None
 
 
 class CallbackAttemptList(msgspec.Struct, kw_only=True):
@@ -363,7 +368,9 @@ class TaskController(Controller):
         "/{task_id:str}/callbacks",
         summary="The callback deliveries of a task, one entry per try (newest last)",
         description="Each try of a callback delivery: its `webhook_id` (the same for every try "
-        "of one delivery), the HTTP status the receiver answered, or the error when none came.",
+        "of one delivery), the HTTP status the receiver answered, or the error when none came, "
+        "and what came of it (`outcome`): `retrying` with the time of the next try, `gave_up` "
+        "after the last try of the schedule, `delivered` or `refused`.",
         responses={404: error_response("No such task")},
     )
     async def callback_attempts(
@@ -381,6 +388,8 @@ class TaskController(Controller):
                     error=r.error,
                     latency_ms=r.latency_ms,
                     created_at=r.created_at,
+                    outcome=CallbackOutcome(r.outcome) if r.outcome else None,
+                    next_attempt_at=r.next_attempt_at,
                 )
                 for r in rows
             ]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import func, select
+from sqlalchemy.orm import aliased
 
 from db.engine import Database
-from db.models import CallbackAttempt
+from db.models import CallbackAttempt, CallbackOutcome, Task
 from db.tasks import utcnow
 
 
@@ -30,6 +33,8 @@ async def record_attempt(
     status_code: int | None,
     error: str | None,
     latency_ms: int,
+    outcome: CallbackOutcome,
+    next_attempt_at: datetime | None = None,
 ) -> CallbackAttempt:
     row = CallbackAttempt(
         task_id=task_id,
@@ -40,6 +45,8 @@ async def record_attempt(
         error=error[:2000] if error else None,
         latency_ms=latency_ms,
         created_at=utcnow(),
+        outcome=outcome,
+        next_attempt_at=next_attempt_at,
     )
     async with db.session() as session, session.begin():
         session.add(row)
@@ -55,3 +62,37 @@ async def attempts(db: Database, task_id: str) -> list[CallbackAttempt]:
             .order_by(CallbackAttempt.id)
         )
         return list(rows)
+
+
+async def overdue_deliveries(
+    db: Database, due_after: datetime, due_before: datetime, limit: int
+) -> list[tuple[Task, datetime]]:
+    """Ended tasks whose final callback's last try asked for another, due in the window, and
+    no later try came: its message was lost (an in-process queue that stopped, say). Oldest
+    due first. Only the terminal callback (``webhook_id`` ``{task_id}:{status}``) counts:
+    intermediate events are best-effort. Each task comes with the time its next try was due."""
+    later = aliased(CallbackAttempt)
+    superseded = (
+        select(later.id)
+        .where(
+            later.task_id == CallbackAttempt.task_id,
+            later.webhook_id == CallbackAttempt.webhook_id,
+            later.attempt > CallbackAttempt.attempt,
+        )
+        .exists()
+    )
+    async with db.session() as session:
+        rows = await session.execute(
+            select(Task, CallbackAttempt.next_attempt_at)
+            .join(CallbackAttempt, CallbackAttempt.task_id == Task.id)
+            .where(
+                CallbackAttempt.outcome == CallbackOutcome.RETRYING,
+                CallbackAttempt.next_attempt_at > due_after,
+                CallbackAttempt.next_attempt_at < due_before,
+                CallbackAttempt.webhook_id == Task.id + ":" + Task.status,
+                ~superseded,
+            )
+            .order_by(CallbackAttempt.next_attempt_at)
+            .limit(limit)
+        )
+        return [(task, due) for task, due in rows if due is not None]

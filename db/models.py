@@ -138,12 +138,35 @@ class StageRun(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
+class CallbackOutcome(enum.StrEnum):
+    """What came of one try of a callback delivery."""
+
+    #: The receiver answered 2xx.
+    DELIVERED = "delivered"
+    #: Final without success: a 3xx or 4xx answer (but 429), or a URL refused at delivery.
+    REFUSED = "refused"
+    #: Failed (network error, 5xx, 429); another try is queued for ``next_attempt_at``.
+    RETRYING = "retrying"
+    #: Failed, and it was the last try of the schedule: the delivery gave up.
+    GAVE_UP = "gave_up"
+
+
 class CallbackAttempt(Base):
     """One try at delivering a callback (``webhook_id`` is the same for every try of one
     delivery); written by the ``task.callback`` actor, listed by GET /v1/tasks/{id}/callbacks."""
 
     __tablename__ = "callback_attempts"
-    __table_args__ = (Index("ix_callback_attempts_task", "task_id", "id"),)
+    __table_args__ = (
+        Index("ix_callback_attempts_task", "task_id", "id"),
+        # The sweep's look for deliveries whose next try never came (migration 0007): only
+        # the tries that asked for another are in it.
+        Index(
+            "ix_callback_attempts_due",
+            "next_attempt_at",
+            postgresql_where=text("outcome = 'retrying'"),
+            sqlite_where=text("outcome = 'retrying'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     task_id: Mapped[str] = mapped_column(String(36), ForeignKey("tasks.id", ondelete="CASCADE"))
@@ -155,3 +178,7 @@ class CallbackAttempt(Base):
     error: Mapped[str | None] = mapped_column(Text)
     latency_ms: Mapped[int] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    #: What came of this try (CallbackOutcome); None on rows from before migration 0007.
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    #: When the next try is due (``retrying`` only).
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime())

@@ -12,6 +12,7 @@ import contextlib
 import http.server
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -107,15 +108,25 @@ def redis_db() -> int:
 @pytest.fixture(scope="session")
 def rabbitmq_vhost() -> Iterator[str]:
     need("RabbitMQ", RABBIT)
-    vhost = f"aimarket-test-{uuid.uuid4().hex[:8]}"
+    with fresh_vhost("test") as vhost:
+        yield vhost
+
+
+@contextlib.contextmanager
+def fresh_vhost(purpose: str) -> Iterator[str]:
+    """A RabbitMQ vhost of its own, deleted afterwards: a deployment whose messages no other
+    worker of the session takes."""
+    vhost = f"aimarket-{purpose}-{uuid.uuid4().hex[:8]}"
     subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
     subprocess.run(
         ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
         check=True,
         capture_output=True,
     )
-    yield vhost
-    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
+    try:
+        yield vhost
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
 
 
 # --- S3 (moto's server, real HTTP on loopback) --------------------------------------------
@@ -215,6 +226,8 @@ def base_env(
         CALLBACK_ALLOWLIST="127.0.0.1",
         AUDIO_URL_ALLOWLIST="127.0.0.1",
         WEBHOOK_SECRET="whsec_" + "a" * 43 + "=",
+        # Callbacks retried in a second, not hours (tests/test_webhooks.py sets its own).
+        CALLBACK_RETRY_SCHEDULE="0,500ms,500ms",
         # Tests submit many tasks as one user, fast: the limit tests turn these back on.
         RATE_LIMIT_PER_MINUTE="0",
         MAX_ACTIVE_TASKS_PER_USER="0",
@@ -230,6 +243,39 @@ class Proc:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-6000:]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Dramatiq's master forks its worker processes)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def kill_tree(proc: Proc) -> None:
+    """SIGKILL a process and every process below it, as a power cut would."""
+    pids = [proc.proc.pid, *descendants(proc.proc.pid)]
+    for pid in pids:
+        kill(pid)
+    proc.proc.wait(10)
 
 
 def start(args: list[str], env: dict[str, str], log: Path, cwd: Path) -> Proc:
@@ -265,19 +311,48 @@ def api_url(api: Api) -> str:
     return api.url
 
 
-@pytest.fixture(scope="session")
-def worker(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+def start_worker(env: dict[str, str], workdir: Path, threads: int = 4) -> Proc:
     """`aimarket worker` consuming every queue, as a developer runs it."""
-    workdir = tmp_path_factory.mktemp("worker")
     proc = start(
-        [str(BIN / "aimarket"), "worker", "--threads", "4"],
-        service_env,
-        workdir / "worker.log",
+        [str(BIN / "aimarket"), "worker", "--threads", str(threads)],
+        env,
+        workdir / f"worker-{uuid.uuid4().hex[:6]}.log",
         workdir,
     )
     time.sleep(1.0)
     if proc.proc.poll() is not None:
         pytest.fail("the worker exited:\n" + proc.output())
+    return proc
+
+
+@dataclass
+class Deployment:
+    """An API and a worker of a test's own (a vhost of its own, say)."""
+
+    url: str
+    api: Proc
+    worker: Proc
+    env: dict[str, str]
+    workdir: Path
+
+    def output(self) -> str:
+        return "\n".join(p.output() for p in (self.api, self.worker))
+
+    def stop(self) -> None:
+        stop(self.api)
+        stop(self.worker)
+
+
+def deploy(env: dict[str, str], workdir: Path) -> Deployment:
+    worker = start_worker(env, workdir, threads=2)
+    api = serve(env, workdir)
+    return Deployment(api.url, api.proc, worker, env, workdir)
+
+
+@pytest.fixture(scope="session")
+def worker(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    """`aimarket worker` consuming every queue, as a developer runs it."""
+    proc = start_worker(service_env, tmp_path_factory.mktemp("worker"))
     yield proc
     stop(proc)
 

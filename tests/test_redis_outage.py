@@ -15,7 +15,6 @@ import json
 import shutil
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import httpx
 import pytest
 
 from aimarket.state import OUTAGE_RETRY_S
-from tests.conftest import BIN, TOKEN, Proc, Receiver, free_port, need, serve, start, stop
+from tests.conftest import TOKEN, Deployment, Receiver, deploy, free_port, fresh_vhost, need
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 ADMIN = {"authorization": f"Bearer admin-{TOKEN}"}
@@ -82,49 +81,22 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture(scope="module")
-def own_vhost() -> Iterator[str]:
-    vhost = f"aimarket-outage-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
-    subprocess.run(
-        ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-        check=True,
-        capture_output=True,
-    )
-    yield vhost
-    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
-
-
-@dataclass
-class Deployment:
-    url: str
-    procs: list[Proc]
-
-    def output(self) -> str:
-        return "\n".join(p.output() for p in self.procs)
-
-
-@pytest.fixture(scope="module")
 def deployment(
     service_env: dict[str, str],
     redis_server: RedisServer,
-    own_vhost: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Deployment]:
-    env = {
-        **service_env,
-        "REDIS_PORT": str(redis_server.port),
-        "REDIS_DB_NAME": "0",
-        "RABBITMQ_VHOST": own_vhost,
-        "ADMIN_TOKEN": f"admin-{TOKEN}",
-    }
-    workdir = tmp_path_factory.mktemp("outage")
-    worker = start(
-        [str(BIN / "aimarket"), "worker", "--threads", "2"], env, workdir / "worker.log", workdir
-    )
-    api = serve(env, workdir)
-    yield Deployment(api.url, [api.proc, worker])
-    stop(api.proc)
-    stop(worker)
+    with fresh_vhost("outage") as vhost:
+        env = {
+            **service_env,
+            "REDIS_PORT": str(redis_server.port),
+            "REDIS_DB_NAME": "0",
+            "RABBITMQ_VHOST": vhost,
+            "ADMIN_TOKEN": f"admin-{TOKEN}",
+        }
+        deployed = deploy(env, tmp_path_factory.mktemp("outage"))
+        yield deployed
+        deployed.stop()
 
 
 def submit(client: httpx.Client, workflow: str, **inputs: Any) -> str:

@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -376,8 +377,9 @@ def test_unknown_events_are_refused(allowed_api: Api) -> None:
 
 
 def test_a_delivery_that_gives_up_is_recorded_and_counted(allowed_api: Api, hooks: Hooks) -> None:
-    """A receiver that answers 503 to every try: the stage's 3 tries are all on record, and the
-    final failure is counted in aimarket_callback_failures_total: never silent."""
+    """A receiver that answers 503 to every try: the schedule's 3 tries (the tests' short
+    CALLBACK_RETRY_SCHEDULE) are all on record, the last one `gave_up`, and the final failure
+    is counted in aimarket_callback_failures_total: never silent."""
 
     def failures() -> float:
         text = httpx.get(allowed_api.url + "/metrics", timeout=30).text
@@ -393,13 +395,62 @@ def test_a_delivery_that_gives_up_is_recorded_and_counted(allowed_api: Api, hook
     task_id = submit(allowed_api, hooks.url + "/down").json()["task_id"]
     hooks.wait("/down", 3)
     tries = attempts(allowed_api, task_id, 3)
-    assert [(a["attempt"], a["status_code"]) for a in tries] == [(1, 503), (2, 503), (3, 503)]
+    assert [(a["attempt"], a["status_code"], a["outcome"]) for a in tries] == [
+        (1, 503, "retrying"),
+        (2, 503, "retrying"),
+        (3, 503, "gave_up"),
+    ]
+    assert [a["next_attempt_at"] is None for a in tries] == [False, False, True]
     deadline = time.monotonic() + 10
     while failures() < before + 1:
         assert time.monotonic() < deadline, "the final failure was not counted"
         time.sleep(0.2)
     time.sleep(1.5)  # no fourth try
     assert len([c for c in hooks.calls if c["path"] == "/down"]) == 3
+
+
+def test_an_embedded_restart_between_tries_loses_no_try(
+    tmp_path: Path,
+    tiny_models: dict[str, Path],
+    extra_workflows: Path,
+    receiver: Receiver,
+    hooks: Hooks,
+) -> None:
+    """The in-process queue held the wait for the next try, and the process died: the next
+    start queues that try again, at its time."""
+    env = embedded_env(tmp_path / "data", tiny_models, extra_workflows, receiver)
+    env.update(CALLBACK_ALLOWLIST="127.0.0.1", CALLBACK_RETRY_SCHEDULE="0,4s")
+    api = serve(env, tmp_path)
+    hooks.answers["/restart"] = [503]
+    task_id = submit(api, hooks.url + "/restart").json()["task_id"]
+    (first,) = attempts(api, task_id, 1)
+    assert first["outcome"] == "retrying"
+    api.proc.proc.kill()
+    api.proc.proc.wait(10)
+    again = serve(env, tmp_path)
+    try:
+        calls = hooks.wait("/restart", 2)
+        assert [c["answered"] for c in calls] == [503, 200]
+        listed = attempts(again, task_id, 2)
+        assert [(a["attempt"], a["outcome"]) for a in listed] == [(1, "retrying"), (2, "delivered")]
+        # At its time, not at once: 4 s after the first try.
+        gap = datetime.fromisoformat(listed[1]["created_at"]) - datetime.fromisoformat(
+            listed[0]["created_at"]
+        )
+        assert gap.total_seconds() >= 3.9
+        assert "queued again the next callback try of 1 task(s)" in again.proc.output()
+    finally:
+        stop(again.proc)
+
+
+def test_the_schedule_is_svixs_by_default_and_checked_at_start() -> None:
+    schedule = load_settings({}, env_file=None).callback_schedule_s
+    assert schedule == (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+    short = load_settings({"CALLBACK_RETRY_SCHEDULE": "0, 500ms, 2s,1m"}, env_file=None)
+    assert short.callback_schedule_s == (0, 0.5, 2, 60)
+    for bad in ("5s,1m", "0,soon", "0,,1s"):
+        with pytest.raises(SettingsError, match="CALLBACK_RETRY_SCHEDULE is invalid"):
+            load_settings({"CALLBACK_RETRY_SCHEDULE": bad}, env_file=None)
 
 
 def test_redirect_is_not_followed(allowed_api: Api, hooks: Hooks) -> None:

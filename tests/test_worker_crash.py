@@ -10,8 +10,6 @@ routes to its own queue, ``crashtest``, which only these workers consume (EXTRA_
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import subprocess
 import time
@@ -24,7 +22,7 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import BIN, TOKEN, Api, Proc, Receiver, serve, start, stop
+from tests.conftest import BIN, TOKEN, Api, Proc, Receiver, descendants, kill, serve, start, stop
 
 QUEUE = "crashtest"
 # A Redis database of this module's own: the session's (index 11) is flushed when a session
@@ -115,7 +113,7 @@ class Workers:
             if proc.proc.poll() is None:
                 stop(proc)
             for pid in descendants(proc.proc.pid):  # none unless the master died alone
-                _kill(pid)
+                kill(pid)
 
 
 @pytest.fixture
@@ -123,31 +121,6 @@ def workers(crash_env: dict[str, str], tmp_path: Path) -> Iterator[Workers]:
     w = Workers(crash_env, tmp_path)
     yield w
     w.stop_all()
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (Dramatiq's master forks its worker processes)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _kill(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
 
 
 def submit(client: httpx.Client, receiver: Receiver) -> str:
@@ -217,7 +190,7 @@ def test_sigkilled_worker_mid_stage_the_task_completes_on_another(
     doomed = [a.proc.pid, *descendants(a.proc.pid)]
     assert len(doomed) >= 2, "no forked worker process found:\n" + a.output()
     for pid in doomed:
-        _kill(pid)
+        kill(pid)
     a.proc.wait(timeout=10)
     killed_at = time.monotonic()
 
