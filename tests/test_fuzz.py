@@ -2,9 +2,12 @@
 operation (valid ones and ones that break the schema) and checks each answer; a table of
 hand-written requests shows that every documented status code can really be produced.
 
-The app is the embedded one, in-process (SQLite in a temporary DATA_DIR, in-memory queue and
-state), with its worker threads not started: submitted tasks stay queued and never load a
-model.
+The fuzzed app runs in-process on the real Postgres (which, unlike SQLite, cannot store some
+text: a NUL in a prompt was a 500 there) with the in-process queue and its worker threads
+running on the tiny models, so the tasks it creates really execute while other requests read,
+list and cancel them. Every callback and audio URL request the workers make goes to a dead
+loopback proxy: nothing leaves this machine. The table of statuses uses the plain embedded app
+(SQLite, workers not started: its tasks stay queued, which some rows rely on).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from aimarket.local_media import sign
 from aimarket.settings import load_settings
 from aimarket.sweep import SweepReport
 from api.services import Services
-from tests.conftest import TOKEN
+from tests.conftest import TOKEN, free_port
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 ADMIN_TOKEN = "admin-" + TOKEN
@@ -86,14 +89,14 @@ CONFIG = SchemathesisConfig.from_dict(
 )
 
 
-@pytest.fixture
-def api_schema(tmp_path: Path) -> Iterator[OpenApiSchema]:
+def _schema(
+    env: dict[str, str], workers: bool, patch: pytest.MonkeyPatch
+) -> Iterator[OpenApiSchema]:
     """The document of a fresh app, whose lifespan runs until the test ends (schemathesis ends
     it after each test, and the app's cannot start twice)."""
     from api import app as app_module
 
     env = {
-        "DATA_DIR": str(tmp_path / "data"),
         "MARKETPLACE_TOKEN": TOKEN,
         "ADMIN_TOKEN": ADMIN_TOKEN,
         "WEBHOOK_SECRET": "whsec_" + "a" * 43 + "=",
@@ -102,21 +105,52 @@ def api_schema(tmp_path: Path) -> Iterator[OpenApiSchema]:
         "RATE_LIMIT_PER_MINUTE": "0",
         "MAX_ACTIVE_TASKS_PER_USER": "0",
         "MAX_QUEUE_DEPTH": "0",
+        **env,
+    }
+    # The app sets process-wide globals (the broker, the workers' settings): put them back
+    # for the tests that run after this one.
+    patch.setattr(aimarket.broker, "_broker", None)
+    patch.setattr(dramatiq.broker, "global_broker", dramatiq.broker.global_broker)
+    patch.setattr(actors.resources, "_resources", actors.resources._resources)
+    if not workers:
+        patch.setattr(app_module, "start_worker", lambda services: None)
+    app = app_module.create_app(load_settings(env, env_file=None))
+    # Loading the document starts the app's lifespan, which lives until shutdown_lifespans.
+    schema = schemathesis.openapi.from_asgi("/schema/openapi.json", app, config=CONFIG)
+    try:
+        yield schema
+    finally:
+        shutdown_lifespans()
+
+
+@pytest.fixture
+def api_schema(tmp_path: Path) -> Iterator[OpenApiSchema]:
+    """The embedded app, workers not started (the table of statuses)."""
+    with pytest.MonkeyPatch.context() as patch:
+        yield from _schema({"DATA_DIR": str(tmp_path / "data")}, False, patch)
+
+
+@pytest.fixture
+def fuzz_schema(
+    tmp_path: Path, database_url: str, tiny_models: dict[str, Path]
+) -> Iterator[OpenApiSchema]:
+    """The app on the real Postgres, its worker threads running tasks on the tiny models."""
+    env = {
+        "DATA_DIR": str(tmp_path / "data"),
+        "DATABASE_URL": database_url,
+        "MUSIC_GEN_MODEL": str(tiny_models["musicgen"]),
+        "AUDIO_GEN_MODEL": str(tiny_models["audiogen"]),
+        "DEVICE": "cpu",
+        "EMBEDDED_WORKER_THREADS": "2",
+        "CALLBACK_RETRY_SCHEDULE": "0",
     }
     with pytest.MonkeyPatch.context() as patch:
-        # The app sets process-wide globals (the broker, the workers' settings): put them back
-        # for the tests that run after this one.
-        patch.setattr(aimarket.broker, "_broker", None)
-        patch.setattr(dramatiq.broker, "global_broker", dramatiq.broker.global_broker)
-        patch.setattr(actors.resources, "_resources", actors.resources._resources)
-        patch.setattr(app_module, "start_worker", lambda services: None)
-        app = app_module.create_app(load_settings(env, env_file=None))
-        # Loading the document starts the app's lifespan, which lives until shutdown_lifespans.
-        schema = schemathesis.openapi.from_asgi("/schema/openapi.json", app, config=CONFIG)
-        try:
-            yield schema
-        finally:
-            shutdown_lifespans()
+        # Callbacks and audio URLs the workers would fetch go to a dead loopback proxy.
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+            patch.setenv(name, f"http://127.0.0.1:{free_port()}")
+        patch.delenv("NO_PROXY", raising=False)
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        yield from _schema(env, True, patch)
 
 
 @pytest.fixture(autouse=True)
@@ -126,7 +160,7 @@ def _node_id(request: pytest.FixtureRequest) -> None:
     request.node._nodeid = request.node.nodeid
 
 
-schema = schemathesis.pytest.from_fixture("api_schema")
+schema = schemathesis.pytest.from_fixture("fuzz_schema")
 
 
 @schema.parametrize()
