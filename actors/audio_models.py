@@ -183,9 +183,10 @@ def generate(
     ``set_generation_params`` (top_k, top_p, temperature, cfg_coef).
     """
     _check_request(prompts, duration)
+    entry = _entry(kind, name_or_dir, device)
     return _run(
-        _entry(kind, name_or_dir, device),
-        duration,
+        entry,
+        _frames(entry.model, duration),
         seed,
         progress,
         params,
@@ -242,12 +243,17 @@ def generate_continuation(
         raise ValueError("the audio prompt is empty")
     window = float(model.max_duration)
     keep_s = min(prompt_s, window - min(float(duration), window / 2))
-    cut = wav.shape[-1] - int(keep_s * rate)
+    cut = wav.shape[-1] - max(1, int(keep_s * rate))  # float rounding never empties the tail
     head, tail = wav[:, :cut], wav[:, cut:]
     batch = tail[None].expand(len(prompts), -1, -1)
+    # audiocraft generates int(duration * frame_rate) frames in all, the prompt's included,
+    # and EnCodec pads a prompt that ends mid-frame to a whole frame. In seconds, such a
+    # prompt plus one frame of new audio rounds down to no new frame (an assertion fails),
+    # so the length is counted in frames: the prompt's, rounded up, plus the new ones.
+    hop = round(rate / float(model.frame_rate))
     audio = _run(
         entry,
-        tail.shape[-1] / rate + float(duration),
+        -(-tail.shape[-1] // hop) + _frames(model, duration),
         seed,
         progress,
         params,
@@ -304,7 +310,7 @@ def generate_melody(
     batch = wav[None].expand(len(prompts), -1, -1)
     return _run(
         entry,
-        duration,
+        _frames(entry.model, duration),
         seed,
         progress,
         params,
@@ -323,23 +329,52 @@ def _channels_first(audio: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
     return np.ascontiguousarray(np.clip(np.nan_to_num(arr), -1.0, 1.0))
 
 
+def _frames(model: Any, duration: float) -> int:
+    """The frames audiocraft makes of ``duration`` seconds (it rounds down to whole frames).
+    Raises ValueError for less than one frame, which it would fail on with an assertion."""
+    frame_rate = float(model.frame_rate)
+    frames = int(float(duration) * frame_rate)
+    if frames < 1:
+        raise ValueError(f"duration {duration!r} s is shorter than one frame (1/{frame_rate:g} s)")
+    return frames
+
+
+def _model_duration(model: Any, frames: int) -> float:
+    """The ``duration`` to set on ``model`` for exactly ``frames`` frames.
+
+    audiocraft counts frames as ``int(seconds * frame_rate)``, also for what is left after
+    each window when a clip is longer than one (``max_duration``: 10 s for AudioGen, 30 s for
+    MusicGen). Given a whole number of frames in seconds, that float arithmetic can land a
+    hair under one of them and fail an assertion (AudioGen at 10.28 s or 11.04 s did). Half a
+    frame more keeps every ``int()`` on the intended frame; a clip that fills one window
+    exactly is left at it so that it is still generated in one window.
+    """
+    frame_rate = float(model.frame_rate)
+    window = float(model.max_duration)
+    if frames == round(window * frame_rate):
+        return window
+    return (frames + 0.5) / frame_rate
+
+
 def _run(
     entry: _Entry,
-    duration: float,
+    frames: int,
     seed: int | None,
     progress: Callable[[int, int], None] | None,
     params: Mapping[str, Any] | None,
     call: Callable[[Any], Any],
 ) -> GeneratedAudio:
-    """Run ``call(model)`` under the model's lock with the generation parameters, progress
-    callback and seed set, and return its waveforms as float32 in [-1, 1]."""
+    """Run ``call(model)`` under the model's lock with the generation parameters (``frames``
+    of audio in all, an audio prompt's included), progress callback and seed set, and return
+    its waveforms as float32 in [-1, 1]."""
     import torch
 
     model = entry.model
     with entry.lock:
         # Every call sets every parameter: the model object is shared by all requests.
         sampling = {**SAMPLING_DEFAULTS, **(params or {})}
-        model.set_generation_params(duration=float(duration), use_sampling=True, **sampling)
+        duration = _model_duration(model, frames)
+        model.set_generation_params(duration=duration, use_sampling=True, **sampling)
         # Set on every call (None clears it): the model is shared by every task of the process.
         model.set_custom_progress_callback(progress)
         if seed is None:

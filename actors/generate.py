@@ -22,6 +22,7 @@ from actors.registry import stage
 from actors.resources import resources
 from aimarket.metrics import observe_generation
 from aimarket.state import blob_key
+from workflows.limits import MIN_DURATION_S, MIN_TEMPERATURE
 
 Kind = Literal["musicgen", "audiogen"]
 
@@ -106,6 +107,7 @@ async def run_generation(
     inputs = given if isinstance(given, dict) and "prompt" in given else task.input
     prompt, duration = str(inputs["prompt"]), float(inputs["duration"])
     seed = inputs.get("seed")
+    _check_floors(duration, inputs)
 
     async def milestone(fraction: float) -> None:
         await events.emit(res, task, "progress", f"progress:{stage_id}:{round(fraction * 100)}")
@@ -142,6 +144,24 @@ async def run_generation(
     except audio_models.ModelLoadError as exc:
         raise StageError("model_unavailable", str(exc)) from None
     return await _store_clip(task_id, stage_id, clip)
+
+
+def _check_floors(duration: float, inputs: Mapping[str, Any]) -> None:
+    """Refuse, once, what the models cannot generate. The built-in workflows refuse it at
+    submission; a custom workflow with lower limits (or a stage input computed by an
+    expression) would otherwise fail inside audiocraft on every retry."""
+    if duration < MIN_DURATION_S:
+        raise StageError(
+            "invalid_input",
+            f"duration: {duration:g} s is shorter than one frame ({MIN_DURATION_S:g} s)",
+        )
+    temperature = inputs.get("temperature")
+    if temperature is not None and float(temperature) < MIN_TEMPERATURE:
+        raise StageError(
+            "invalid_input",
+            f"temperature: {float(temperature):g} is below {MIN_TEMPERATURE:g} "
+            "(lower values can overflow the sampling)",
+        )
 
 
 #: Generation conditioned on input audio: ``audio_prompt`` (continue it) or ``melody``.

@@ -12,6 +12,7 @@ import pika
 import pytest
 
 from tests.conftest import TOKEN
+from workflows.limits import MIN_DURATION_S, MIN_TEMPERATURE
 
 
 def rows_for(database_url: str, user_id: str) -> int:
@@ -88,6 +89,53 @@ def test_bad_request_is_refused_and_leaves_nothing(
     assert error["code"] == code
     assert error["field"] == field
     assert error["message"]
+    assert rows_for(database_url, user) == 0
+    assert queued_messages(rabbitmq_vhost) == 0
+
+
+#: Every built-in workflow with a duration, and its other required fields.
+NEEDS: dict[str, dict[str, Any]] = {
+    "text2music": {"prompt": "piano"},
+    "text2sound": {"prompt": "rain"},
+    "soundtrack": {"music_prompt": "piano", "sfx_prompt": "rain"},
+    "variations": {"prompt": "piano"},
+    "continuation": {"prompt": "more", "audio_prompt": "upload:abc"},
+    "melody": {"prompt": "piano", "melody": "upload:abc"},
+}
+SAMPLING = ("text2music", "text2sound", "continuation", "melody")
+AT_LEAST_ONE_FRAME = f"must be at least {MIN_DURATION_S:g}"  # 0.02
+AT_LEAST_MIN_TEMPERATURE = f"must be at least {MIN_TEMPERATURE:g}"  # 0.01
+
+
+@pytest.mark.parametrize(
+    ("workflow", "change", "field", "message"),
+    [
+        # Issue 10's reproducers: each was accepted, then failed three attempts in audiocraft.
+        ("text2music", {"duration": 1e-9}, "input.duration", AT_LEAST_ONE_FRAME),
+        ("text2music", {"duration": 0.005}, "input.duration", AT_LEAST_ONE_FRAME),
+        ("text2music", {"temperature": 1e-300}, "input.temperature", AT_LEAST_MIN_TEMPERATURE),
+        *[(w, {"duration": 0.0199}, "input.duration", AT_LEAST_ONE_FRAME) for w in NEEDS],
+        *[
+            (w, {"temperature": 0.0099}, "input.temperature", AT_LEAST_MIN_TEMPERATURE)
+            for w in SAMPLING
+        ],
+    ],
+)
+def test_inputs_below_the_generation_floors_are_refused_and_leave_nothing(
+    client: httpx.Client,
+    database_url: str,
+    rabbitmq_vhost: str,
+    workflow: str,
+    change: dict[str, Any],
+    field: str,
+    message: str,
+) -> None:
+    user = f"floor-{uuid.uuid4().hex[:6]}"
+    body = {"workflow": workflow, "user_id": user, "input": {**NEEDS[workflow], **change}}
+    response = post(client, body)
+    assert response.status_code == 422, response.text
+    error = response.json()
+    assert (error["code"], error["field"], error["message"]) == ("invalid_input", field, message)
     assert rows_for(database_url, user) == 0
     assert queued_messages(rabbitmq_vhost) == 0
 

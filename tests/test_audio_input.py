@@ -218,6 +218,18 @@ def test_generate_continuation_keeps_the_prompt(tiny_models: dict[str, Path]) ->
     assert steps[-1][0] == steps[-1][1]
 
 
+def test_one_frame_continues_a_prompt_that_ends_mid_frame(tiny_models: dict[str, Path]) -> None:
+    """EnCodec pads such a prompt to a whole frame; counted in seconds, it plus one frame of
+    new audio came to no new frame, and audiocraft failed an assertion."""
+    from actors import audio_models
+
+    prompt, _ = decode_audio(wav_bytes(1.01, 16000))
+    audio = audio_models.generate_continuation(
+        "musicgen", str(tiny_models["musicgen"]), prompt, 16000, ["piano"], 0.02, "cpu", seed=7
+    )
+    assert audio.duration_s == pytest.approx(1.03, abs=0.02)  # within a frame
+
+
 def test_generate_melody_needs_a_melody_checkpoint(tiny_models: dict[str, Path]) -> None:
     from actors import audio_models
 

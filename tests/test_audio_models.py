@@ -12,6 +12,7 @@ import pytest
 
 from actors import audio_models as am
 from aimarket.tiny_models import make_tiny
+from workflows.limits import MIN_DURATION_S
 
 SAMPLE_RATES = {"musicgen": 32000, "audiogen": 16000}
 PROMPTS = ["happy rock song with drums", "dog barking in the rain"]
@@ -129,6 +130,24 @@ def test_generate_rejects_bad_arguments(tiny: tuple[str, Path]) -> None:
         am.generate(kind, str(ckpt), [], 1.0, device="cpu")
     with pytest.raises(ValueError, match="duration"):
         am.generate(kind, str(ckpt), PROMPTS, 0.0, device="cpu")
+
+
+def test_one_frame_is_the_shortest_clip(tiny: tuple[str, Path]) -> None:
+    kind, ckpt = tiny
+    out = am.generate(kind, str(ckpt), PROMPTS[:1], MIN_DURATION_S, device="cpu", seed=1)
+    assert out.samples.shape[-1] == SAMPLE_RATES[kind] // 50
+    with pytest.raises(ValueError, match="one frame"):
+        am.generate(kind, str(ckpt), PROMPTS[:1], 0.0199999, device="cpu")
+
+
+@pytest.mark.parametrize("tiny", ["audiogen"], indirect=True)
+def test_a_clip_past_the_model_window(tiny: tuple[str, Path]) -> None:
+    """audiocraft makes clips longer than its window (AudioGen 10 s, MusicGen 30 s) in strides;
+    its float arithmetic failed an assertion for whole-frame durations such as AudioGen's
+    10.28 s (MusicGen's first is 36.08 s, past the default MAX_DURATION and slow here)."""
+    kind, ckpt = tiny
+    out = am.generate(kind, str(ckpt), PROMPTS[:1], 10.28, device="cpu", seed=1)
+    assert out.samples.shape[-1] == round(10.28 * SAMPLE_RATES[kind])
 
 
 def test_resolve_device() -> None:

@@ -33,6 +33,7 @@ from workflows.expressions import (
 )
 from workflows.graph import levels
 from workflows.inputs import InputError, input_json_schema, input_struct, validate_input
+from workflows.limits import CONSTANTS, MIN_DURATION_S, MIN_TEMPERATURE
 from workflows.loader import (
     BUILTIN_DIR,
     CODES,
@@ -361,11 +362,15 @@ def test_json_schema_of_text2music() -> None:
     }
     assert duration == {
         "type": "number",
-        "description": "Length of the audio, in seconds.",
-        "exclusiveMinimum": 0,
+        "description": (
+            "Length of the audio, in seconds: at least one 20 ms frame (the models decode 50 "
+            "frames a second); the audio may come out up to one frame shorter."
+        ),
+        "minimum": 0.02,  # $MIN_DURATION
         "maximum": 12,
         "default": 8,
     }
+    assert schema["properties"]["temperature"]["minimum"] == 0.01  # $MIN_TEMPERATURE
 
 
 def test_input_struct_is_cached() -> None:
@@ -390,7 +395,9 @@ def test_validate_input_fills_defaults() -> None:
     [
         ({"prompt": ""}, "input.prompt", "must not be empty"),
         ({"prompt": "x" * 101}, "input.prompt", "must be at most 100 characters long"),
-        ({"prompt": "x", "duration": 0}, "input.duration", "must be greater than 0"),
+        ({"prompt": "x", "duration": 0}, "input.duration", "must be at least 0.02"),
+        ({"prompt": "x", "duration": 0.005}, "input.duration", "must be at least 0.02"),
+        ({"prompt": "x", "temperature": 1e-300}, "input.temperature", "must be at least 0.01"),
         ({"prompt": "x", "duration": 30.5}, "input.duration", "must be at most 30"),
         ({"prompt": "x", "duration": "8"}, "input.duration", "must be a number, not a string"),
         ({"prompt": "x", "duration": True}, "input.duration", "must be a number, not a boolean"),
@@ -436,16 +443,58 @@ def test_a_clamped_default_is_a_note_and_the_file_loads(tmp_path: Path) -> None:
 
 
 def test_duration_limits_everywhere_on_a_grid() -> None:
-    """Property-style: a duration passes exactly when 0 < duration <= MAX_DURATION."""
+    """Property-style: a duration passes exactly when one frame <= duration <= MAX_DURATION."""
     workflow = builtins(Settings(max_duration=20))["text2music"]
-    for tenths in range(-20, 260, 7):
-        duration = tenths / 10
+    for duration in [t / 10 for t in range(-20, 260, 7)] + [0.0199999, 0.02, 0.0200001]:
         accepted = True
         try:
             validate_input(workflow, {"prompt": "x", "duration": duration})
         except InputError:
             accepted = False
-        assert accepted == (0 < duration <= 20), duration
+        assert accepted == (MIN_DURATION_S <= duration <= 20), duration
+
+
+def test_every_builtin_duration_and_temperature_has_the_generation_floor() -> None:
+    """Issue 10: what the schema accepts must generate, in every built-in workflow."""
+    floors = {"duration": MIN_DURATION_S, "temperature": MIN_TEMPERATURE}
+    seen = set()
+    for name, workflow in builtins().items():
+        for field, floor in floors.items():
+            if field in workflow.input:
+                seen.add(field)
+                spec = workflow.input[field]
+                assert (spec.minimum, spec.exclusive_minimum) == (floor, None), (name, field)
+    assert seen == set(floors)
+
+
+def test_floor_names_resolve_like_settings(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "floors.yaml",
+        """\
+name: floors
+version: 1
+input:
+  duration: {type: number, minimum: $MIN_DURATION, default: 0.01}
+  temperature: {type: number, minimum: $MIN_TEMPERATUR, default: 1}
+stages:
+  - id: validate
+    actor: task.validate
+""",
+    )
+    _, diagnostics = check_file(path, ACTORS, Settings())
+    assert [(d.code, d.hint) for d in diagnostics if d.code == "unknown-setting"] == [
+        ("unknown-setting", "did you mean '$MIN_TEMPERATURE'?")
+    ]
+    [default] = [d for d in diagnostics if d.code == "bad-default"]
+    assert "0.02 ($MIN_DURATION)" in default.message
+
+
+def test_docs_list_the_floors_with_their_values() -> None:
+    """docs/workflows.md cannot import workflows/limits.py; this keeps its table in step."""
+    docs = (Path(__file__).parent.parent / "docs" / "workflows.md").read_text(encoding="utf-8")
+    for name, value in CONSTANTS.items():
+        assert f"| `${name}` | {value:g} |" in docs, name
 
 
 def test_enum_and_integer_fields(tmp_path: Path) -> None:

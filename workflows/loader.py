@@ -17,7 +17,7 @@ Diagnostic codes (stable; tests and tooling match on them, the wording may chang
 ``bad-name``                    a workflow, stage, queue, input or output name breaks its pattern
 ``duplicate-stage``             two stages share an id
 ``unknown-actor``               ``actor`` names no registered actor
-``unknown-setting``             ``$NAME`` names no setting
+``unknown-setting``             ``$NAME`` names no setting (nor a ``workflows.limits`` constant)
 ``setting-not-numeric``         ``$NAME`` names a setting that is not a number
 ``unknown-type``                an input or output ``type`` the language does not know
 ``not-for-type``                a key that does not apply to the field's type (``enum`` on a
@@ -87,6 +87,7 @@ from workflows.expressions import (
     references,
 )
 from workflows.graph import ancestors, cycles
+from workflows.limits import CONSTANTS
 from workflows.spec import (
     AUDIO_REF_MAX_LENGTH,
     AUDIO_REF_PATTERN,
@@ -1045,8 +1046,11 @@ class _Checker:
         return _Limit(value, node, text)
 
     def resolve_setting(self, node: yaml.Node) -> Number | None:
-        """The current value of the numeric setting that a ``$NAME`` node names."""
+        """The current value of the numeric setting (or the constant of ``workflows.limits``)
+        that a ``$NAME`` node names."""
         ref: str = node.value
+        if ref[1:] in CONSTANTS:
+            return CONSTANTS[ref[1:]]
         numeric = sorted(
             name.upper()
             for name in Settings.__struct_fields__
@@ -1054,7 +1058,7 @@ class _Checker:
         )
         field = ref[1:].lower()
         if not SETTING_REF.fullmatch(ref) or field not in Settings.__struct_fields__:
-            hint = _did_you_mean(ref[1:].upper(), numeric, prefix="$")
+            hint = _did_you_mean(ref[1:].upper(), [*numeric, *CONSTANTS], prefix="$")
             self.report(node, "unknown-setting", f"no setting named {ref!r}", hint)
             return None
         value: object = getattr(self.settings, field)
