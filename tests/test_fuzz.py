@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import dramatiq.broker
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -42,7 +43,7 @@ from aimarket.local_media import sign
 from aimarket.settings import load_settings
 from aimarket.sweep import SweepReport
 from api.services import Services
-from tests.conftest import TOKEN, free_port
+from tests.conftest import TOKEN, free_port, serve, stop
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 ADMIN_TOKEN = "admin-" + TOKEN
@@ -488,3 +489,111 @@ def test_every_documented_status_is_produced(api_schema: OpenApiSchema) -> None:
         with pytest.MonkeyPatch.context() as patch:
             response = produce(Api(api_schema, patch))
         assert response.status_code == status, (method, path, response.text)
+
+
+# --- Hostile values in every place that takes text, on the real stack ---------------------
+
+#: Text no request may smuggle to the database, as query bytes: NUL, other C0 controls, invalid
+#: UTF-8, an overlong NUL, a UTF-8-encoded surrogate.
+HOSTILE_QUERY = [b"a%00b", b"%07", b"%1b%5b31m", b"%ff%fe", b"%c0%80", b"%ed%a0%80"]
+#: The same as JSON strings, and as header values (which httpx sends only in ASCII, without
+#: NUL, CR and LF).
+HOSTILE_TEXT = ["a\x00b", "\x00", "bell\x07", "\x1b[31m"]
+HOSTILE_HEADERS = ["bell\x07", "\x1b[31m", "del\x7f"]
+#: Bodies that used to escape the JSON decoding as 500s, and numbers at the edges.
+HOSTILE_BODIES = [
+    b'{"workflow": "text2sound", "user_id": "fz", "input": {"prompt": "rain\xff\xfedrop"}}',
+    b'{"workflow": "text2sound", "user_id": "fz", "input": {"prompt": "\\ud800"}}',
+    b'{"workflow": "text2sound", "user_id": "fz", "input": {"prompt": '
+    + b"[" * 100_000
+    + b"]" * 100_000
+    + b"}}",
+    b'{"workflow": "text2sound", "user_id": "fz", "input": {"prompt": "x", "duration": 1e400}}',
+    b'{"workflow": "text2sound", "user_id": "fz", "input": {"prompt": "x", "seed": '
+    + b"9" * 40
+    + b"}}",
+    b'{"workflow": "text2sound", "user_id": "fz", "input": {"prompt": "x", "duration": -0.0}}',
+    b'{"workflow": "text2sound", "user_id": "fz", "input": {"prompt": "x", "temperature": 1e-300}}',
+    b'{"workflow": "text2sound", "user_id": "fz", "input": {"prompt": "x", "duration": 1e-9}}',
+]
+
+
+@pytest.fixture(scope="module")
+def stack_with_admin(
+    service_env: dict[str, str], worker: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """An API on the real Postgres, Redis, RabbitMQ and S3, the admin API open, the session's
+    worker running what it accepts."""
+    api = serve({**service_env, "ADMIN_TOKEN": ADMIN_TOKEN}, tmp_path_factory.mktemp("hostile"))
+    yield api.url
+    stop(api.proc)
+
+
+def _leaves(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    """The paths of every string in a JSON value."""
+    if isinstance(value, str):
+        yield path
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _leaves(item, (*path, key))
+
+
+def _replaced(value: Any, path: tuple[Any, ...], new: Any) -> Any:
+    if not path:
+        return new
+    return {**value, path[0]: _replaced(value[path[0]], path[1:], new)}
+
+
+def _hostile_requests(
+    client: httpx.Client, method: str, path: str, operation: dict[str, Any], auth: dict[str, str]
+) -> Iterator[tuple[httpx.Response, str]]:
+    """Each hostile value in each place of one operation that takes text, and the answer."""
+    params = operation.get("parameters", [])
+    for p in (p for p in params if p["in"] == "query"):
+        for raw in HOSTILE_QUERY:
+            url = httpx.URL(path, query=p["name"].encode() + b"=" + raw)
+            yield client.request(method, url, headers=auth), f"{p['name']}={raw!r}"
+    for p in (p for p in params if p["in"] == "header"):
+        for text in HOSTILE_HEADERS:
+            yield client.request(method, path, headers={**auth, p["name"]: text}), p["name"]
+    if "application/json" not in operation.get("requestBody", {}).get("content", {}):
+        return
+    good = {**GOOD, "user_id": "hostile", "callback_url": "https://example.com/hook"}
+    for leaf in _leaves(good):
+        for text in HOSTILE_TEXT:
+            body = _replaced(good, leaf, text)
+            yield client.request(method, path, json=body, headers=auth), f"{leaf}={text!r}"
+    for raw in HOSTILE_BODIES:
+        headers = {**auth, "content-type": "application/json"}
+        yield client.request(method, path, content=raw, headers=headers), repr(raw[:70])
+
+
+def test_hostile_values_never_give_a_5xx(stack_with_admin: str, database_url: str) -> None:
+    """Every query parameter and header of every operation, and every string of a task body,
+    gets each hostile value; every answer must be a status the document lists for that
+    operation, with an error body, and no task may be stored from it."""
+    from tests.test_api import rows_for
+
+    document = httpx.get(stack_with_admin + "/schema/openapi.json").json()
+    answers = 0
+    with httpx.Client(base_url=stack_with_admin, timeout=60) as client:
+        task = client.post("/v1/tasks", json={**GOOD, "user_id": "fz"}, headers=AUTH).json()
+        fill = {"task_id": task["task_id"], "message_id": "none", "key": "fuzz/a.wav"}
+        for template, item in document["paths"].items():
+            path = template.format(**{k: v for k, v in fill.items() if f"{{{k}}}" in template})
+            auth = ADMIN_AUTH if template.startswith("/v1/admin/") else AUTH
+            for method, operation in item.items():
+                if not isinstance(operation, dict):
+                    continue
+                documented = set(operation["responses"])
+                for response, what in _hostile_requests(client, method, path, operation, auth):
+                    where = (method, template, what)
+                    assert response.status_code < 500, (*where, response.text)
+                    assert str(response.status_code) in documented, (*where, response.text)
+                    if response.status_code >= 400:
+                        error = response.json()
+                        assert error["code"], (*where, error)
+                        assert error["message"], (*where, error)
+                    answers += 1
+    assert answers > 100
+    assert rows_for(database_url, "hostile") == 0

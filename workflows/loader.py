@@ -626,7 +626,12 @@ def _clamp_to_setting(value: Scalar, limits: Mapping[str, _Limit]) -> tuple[_Lim
 
 
 def _from_setting(limit: _Limit) -> bool:
-    return isinstance(limit.node, yaml.ScalarNode) and str(limit.node.value).startswith("$")
+    """A limit that is a deployment's setting (``$MAX_DURATION``), not one of the constants
+    (``$MIN_DURATION``), which are the same wherever the file is loaded."""
+    if not isinstance(limit.node, yaml.ScalarNode):
+        return False
+    text = str(limit.node.value)
+    return text.startswith("$") and text[1:] not in CONSTANTS
 
 
 def _limit_problem(value: Scalar, limits: Mapping[str, _Limit]) -> str | None:
