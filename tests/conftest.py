@@ -113,6 +113,27 @@ def rabbitmq_vhost() -> Iterator[str]:
 
 
 @contextlib.contextmanager
+def amqp(vhost: str) -> Iterator[Any]:
+    """A blocking pika connection to ``vhost`` of this machine's RabbitMQ, closed afterwards."""
+    import pika
+
+    params = pika.ConnectionParameters(
+        RABBIT[0], RABBIT[1], vhost, pika.PlainCredentials("guest", "guest")
+    )
+    connection = pika.BlockingConnection(params)
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+def ready_messages(vhost: str, queue: str) -> int:
+    """Messages waiting in ``queue`` (declared passively: it must exist)."""
+    with amqp(vhost) as connection:
+        return int(connection.channel().queue_declare(queue, passive=True).method.message_count)
+
+
+@contextlib.contextmanager
 def fresh_vhost(purpose: str) -> Iterator[str]:
     """A RabbitMQ vhost of its own, deleted afterwards: a deployment whose messages no other
     worker of the session takes."""

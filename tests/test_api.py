@@ -11,7 +11,7 @@ import httpx
 import pika
 import pytest
 
-from tests.conftest import TOKEN
+from tests.conftest import TOKEN, amqp
 from workflows.limits import MIN_DURATION_S, MIN_TEMPERATURE
 
 
@@ -31,21 +31,15 @@ def rows_for(database_url: str, user_id: str) -> int:
 
 
 def queued_messages(vhost: str) -> int:
-    params = pika.ConnectionParameters(
-        "127.0.0.1", 5672, vhost, pika.PlainCredentials("guest", "guest")
-    )
-    connection = pika.BlockingConnection(params)
-    try:
-        total = 0
+    total = 0
+    with amqp(vhost) as connection:
         for queue in ("default", "musicgen", "audiogen"):
             channel = connection.channel()
             try:
                 total += channel.queue_declare(queue, passive=True).method.message_count
             except pika.exceptions.ChannelClosedByBroker:
                 continue  # never declared: nothing was ever queued there
-        return total
-    finally:
-        connection.close()
+    return total
 
 
 def post(client: httpx.Client, body: Any) -> httpx.Response:

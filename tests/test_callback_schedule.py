@@ -15,11 +15,18 @@ from datetime import datetime
 from typing import Any
 
 import httpx
-import pika
 import pytest
 
 from aimarket.delays import wait_queue
-from tests.conftest import TOKEN, Deployment, deploy, fresh_vhost, kill_tree, start_worker
+from tests.conftest import (
+    TOKEN,
+    Deployment,
+    deploy,
+    fresh_vhost,
+    kill_tree,
+    ready_messages,
+    start_worker,
+)
 from tests.test_webhooks import Hooks, verify
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -48,18 +55,6 @@ def deployment(
         deployed = deploy(env, tmp_path_factory.mktemp("callbacks"))
         yield deployed
         deployed.stop()
-
-
-def waiting(vhost: str, queue: str) -> int:
-    """Messages ready in ``queue`` (no consumer reads the wait queues)."""
-    params = pika.ConnectionParameters(
-        "127.0.0.1", 5672, vhost, pika.PlainCredentials("guest", "guest")
-    )
-    connection = pika.BlockingConnection(params)
-    try:
-        return int(connection.channel().queue_declare(queue, passive=True).method.message_count)
-    finally:
-        connection.close()
 
 
 def submit(deployment: Deployment, callback_url: str) -> str:
@@ -100,16 +95,16 @@ def test_a_receiver_down_for_two_tries_gets_the_result_across_a_worker_restart(
     vhost = deployment.env["RABBITMQ_VHOST"]
     queue = wait_queue("callbacks", WAIT_S * 1000)
     deadline = time.monotonic() + 10
-    while waiting(vhost, queue) != 1:
+    while ready_messages(vhost, queue) != 1:
         assert time.monotonic() < deadline, "the next try is not waiting in RabbitMQ"
         time.sleep(0.05)
     kill_tree(deployment.worker)
     # Its wait over, the try is in the callbacks queue, for whichever worker comes next.
     deadline = time.monotonic() + WAIT_S + 10
-    while waiting(vhost, "callbacks") != 1:
+    while ready_messages(vhost, "callbacks") != 1:
         assert time.monotonic() < deadline, "the try did not come back from its wait"
         time.sleep(0.1)
-    assert waiting(vhost, queue) == 0
+    assert ready_messages(vhost, queue) == 0
     deployment.worker = start_worker(deployment.env, deployment.workdir, threads=2)
 
     calls = hooks.wait("/later", 3)

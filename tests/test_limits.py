@@ -29,6 +29,7 @@ from tests.conftest import (
     Api,
     Proc,
     Receiver,
+    amqp,
     embedded_env,
     free_port,
     start,
@@ -318,16 +319,8 @@ def fill(vhost: str, queue: str, count: int) -> None:
 
 
 def purge(vhost: str, queue: str) -> None:
-    import pika
-
-    params = pika.ConnectionParameters(
-        "127.0.0.1", 5672, vhost, pika.PlainCredentials("guest", "guest")
-    )
-    connection = pika.BlockingConnection(params)
-    try:
+    with amqp(vhost) as connection:
         connection.channel().queue_purge(queue)
-    finally:
-        connection.close()
 
 
 def test_a_full_queue_refuses_the_workflows_that_use_it(
