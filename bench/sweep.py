@@ -1,10 +1,12 @@
-"""Sweep benchmark: what the sweep's two queries cost on a large task table, with the indexes
-of migration 0006 and without them (dropped in the same run: the baseline).
+"""Sweep benchmark: what the sweep's three queries cost on a large task table, with the
+indexes of migrations 0006 and 0007 and without them (dropped in the same run: the baseline).
 
 Every API process runs one sweep pass a minute (one at a time). A pass reads the active tasks
-old enough to be late or stuck, oldest first, and the tasks that ended in the last day with no
-try of their final callback. Rows are never deleted, so the table only grows: the question is
-whether a pass stays cheap when it holds millions of ended tasks and a few active ones.
+old enough to be late or stuck, oldest first, the tasks that ended in the last day with no
+try of their final callback, and the final callbacks whose next try is overdue (one in a
+hundred deliveries here was retried once, one in ten thousand waits for its next try). Rows
+are never deleted, so the table only grows: the question is whether a pass stays cheap when
+it holds millions of ended tasks and a few active ones.
 
 It builds a throw-away Postgres database (Alembic migrations), fills it with ``--ended`` ended
 tasks (finished over the last ``--days`` days, each with a recorded callback try, as a healthy
@@ -67,14 +69,22 @@ async def fill(name: str, ended: int, active: int, days: float) -> None:
                     (task_id, "text2music", 1, f"u{i % 5000}", status, "{}", "[]",
                      created, created, finished, 8.0, "https://m.example/hook")
                 )  # fmt: skip
-                tries.append((task_id, f"{task_id}:{status}", 1, "https://m.example/hook",
-                              200, 12, finished))  # fmt: skip
+                hook, webhook, later = "https://m.example/hook", f"{task_id}:{status}", None
+                if i % 100 == 0:  # a receiver that was down once: a retried delivery
+                    later = finished + timedelta(seconds=5)
+                    tries.append((task_id, webhook, 1, hook, 503, 12, finished, "retrying", later))
+                    tries.append((task_id, webhook, 2, hook, 200, 12, later, "delivered", None))
+                elif i % 10_000 == 1:  # a delivery waiting for its next try, hours away
+                    later = now + timedelta(hours=2)
+                    tries.append((task_id, webhook, 4, hook, 503, 12, finished, "retrying", later))
+                else:
+                    tries.append((task_id, webhook, 1, hook, 200, 12, finished, "delivered", None))
             await conn.copy_records_to_table("tasks", records=rows, columns=columns)
             await conn.copy_records_to_table(
                 "callback_attempts",
                 records=tries,
                 columns=["task_id", "webhook_id", "attempt", "url", "status_code", "latency_ms",
-                         "created_at"],
+                         "created_at", "outcome", "next_attempt_at"],
             )  # fmt: skip
             done += len(rows)
         live = [
@@ -90,12 +100,17 @@ async def fill(name: str, ended: int, active: int, days: float) -> None:
 
 async def time_queries(url: str, rounds: int, stuck_after_s: float) -> dict[str, float]:
     """Median milliseconds of each sweep query, as the sweep calls them."""
+    from db.callbacks import overdue_deliveries
     from db.engine import Database
     from db.tasks import stale_active_tasks, untold_ended_tasks
 
     db = Database(url)
     now = datetime.now(UTC)
-    out: dict[str, list[float]] = {"stale_active_tasks": [], "untold_ended_tasks": []}
+    out: dict[str, list[float]] = {
+        "stale_active_tasks": [],
+        "untold_ended_tasks": [],
+        "overdue_deliveries": [],
+    }
     try:
         for _ in range(rounds):
             started = time.perf_counter()
@@ -104,6 +119,9 @@ async def time_queries(url: str, rounds: int, stuck_after_s: float) -> dict[str,
             started = time.perf_counter()
             await untold_ended_tasks(db, now - timedelta(days=1), now - timedelta(minutes=5), 500)
             out["untold_ended_tasks"].append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            await overdue_deliveries(db, now - timedelta(days=2), now - timedelta(minutes=5), 500)
+            out["overdue_deliveries"].append((time.perf_counter() - started) * 1000)
     finally:
         await db.dispose()
     return {k: statistics.median(v) for k, v in out.items()}
@@ -143,6 +161,7 @@ def main() -> int:
             try:
                 await conn.execute("DROP INDEX ix_tasks_active_created")
                 await conn.execute("DROP INDEX ix_tasks_finished")
+                await conn.execute("DROP INDEX ix_callback_attempts_due")
                 await conn.execute("ANALYZE")
             finally:
                 await conn.close()
@@ -151,10 +170,10 @@ def main() -> int:
         without = asyncio.run(time_queries(url, args.rounds, 900.0))
     finally:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    print(f"{'query':<22} {'with 0006 ms':>13} {'without ms':>11} {'ratio':>7}")
+    print(f"{'query':<22} {'with indexes ms':>16} {'without ms':>11} {'ratio':>7}")
     for query in with_indexes:
         a, b = with_indexes[query], without[query]
-        print(f"{query:<22} {a:>13.2f} {b:>11.2f} {b / a:>7.1f}x")
+        print(f"{query:<22} {a:>16.2f} {b:>11.2f} {b / a:>7.1f}x")
     return 0
 
 
