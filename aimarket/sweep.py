@@ -54,7 +54,7 @@ from aimarket.metrics import SWEEP_ACTIONS, QueueCounts
 from aimarket.settings import Settings
 from aimarket.state import OUTAGE_ERRORS
 from db import stage_runs
-from db.callbacks import overdue_deliveries
+from db.callbacks import pending_deliveries
 from db.engine import Database
 from db.models import RunStatus, StageRun, Task, TaskStatus
 from db.tasks import finish_task, stale_active_tasks, untold_ended_tasks
@@ -241,7 +241,7 @@ class Sweeper:
         )
         for task in untold:
             await self._act(report, task, self._tell(task))
-        overdue = await overdue_deliveries(
+        overdue = await pending_deliveries(
             self.db,
             datetime.fromtimestamp(now - RESEND_WINDOW_S, UTC),
             datetime.fromtimestamp(now - TELL_AFTER_S, UTC),

@@ -11,7 +11,7 @@ import dramatiq
 from aimarket.delays import enqueue_after
 from aimarket.sweep import RESEND_WINDOW_S
 from api.services import Services
-from db.callbacks import overdue_deliveries
+from db.callbacks import pending_deliveries
 from db.models import TaskStatus
 from db.tasks import finish_task, unfinished_tasks, utcnow
 from workflows.compiler import CALLBACK_ACTOR
@@ -67,7 +67,7 @@ async def resume_deliveries(services: Services) -> int:
     process stopped (the in-process queue held the wait), at the time it was due."""
     now = utcnow()
     window = timedelta(seconds=RESEND_WINDOW_S)
-    pending = await overdue_deliveries(services.db, now - window, now + window, limit=10_000)
+    pending = await pending_deliveries(services.db, now - window, now + window, limit=10_000)
     callback = services.broker.get_actor(CALLBACK_ACTOR)
     for task, due in pending:
         message = callback.message(task.id, task.workflow, "callback")

@@ -100,7 +100,7 @@ async def fill(name: str, ended: int, active: int, days: float) -> None:
 
 async def time_queries(url: str, rounds: int, stuck_after_s: float) -> dict[str, float]:
     """Median milliseconds of each sweep query, as the sweep calls them."""
-    from db.callbacks import overdue_deliveries
+    from db.callbacks import pending_deliveries
     from db.engine import Database
     from db.tasks import stale_active_tasks, untold_ended_tasks
 
@@ -109,7 +109,7 @@ async def time_queries(url: str, rounds: int, stuck_after_s: float) -> dict[str,
     out: dict[str, list[float]] = {
         "stale_active_tasks": [],
         "untold_ended_tasks": [],
-        "overdue_deliveries": [],
+        "pending_deliveries": [],
     }
     try:
         for _ in range(rounds):
@@ -120,8 +120,8 @@ async def time_queries(url: str, rounds: int, stuck_after_s: float) -> dict[str,
             await untold_ended_tasks(db, now - timedelta(days=1), now - timedelta(minutes=5), 500)
             out["untold_ended_tasks"].append((time.perf_counter() - started) * 1000)
             started = time.perf_counter()
-            await overdue_deliveries(db, now - timedelta(days=2), now - timedelta(minutes=5), 500)
-            out["overdue_deliveries"].append((time.perf_counter() - started) * 1000)
+            await pending_deliveries(db, now - timedelta(days=2), now - timedelta(minutes=5), 500)
+            out["pending_deliveries"].append((time.perf_counter() - started) * 1000)
     finally:
         await db.dispose()
     return {k: statistics.median(v) for k, v in out.items()}

@@ -64,13 +64,14 @@ async def attempts(db: Database, task_id: str) -> list[CallbackAttempt]:
         return list(rows)
 
 
-async def overdue_deliveries(
+async def pending_deliveries(
     db: Database, due_after: datetime, due_before: datetime, limit: int
 ) -> list[tuple[Task, datetime]]:
     """Ended tasks whose final callback's last try asked for another, due in the window, and
-    no later try came: its message was lost (an in-process queue that stopped, say). Oldest
-    due first. Only the terminal callback (``webhook_id`` ``{task_id}:{status}``) counts:
-    intermediate events are best-effort. Each task comes with the time its next try was due."""
+    no later try has come: waiting for its time, or, once that has passed, lost (an
+    in-process queue that stopped, say). Oldest due first. Only the terminal callback
+    (``webhook_id`` ``{task_id}:{status}``) counts: intermediate events are best-effort. Each
+    task comes with the time its next try is due."""
     later = aliased(CallbackAttempt)
     superseded = (
         select(later.id)
