@@ -41,6 +41,8 @@ def _client(settings: Settings, endpoint_url: str | None) -> S3Client:
 
 #: AWS's region with no LocationConstraint: create_bucket must name any other one.
 _DEFAULT_REGION = "us-east-1"
+#: The error codes of an object that does not exist (HEAD answers a bare 404).
+_NO_OBJECT = ("404", "NoSuchKey", "NotFound")
 
 
 class MediaStore:
@@ -102,7 +104,7 @@ class MediaStore:
         try:
             return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except ClientError as exc:
-            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
+            if _code(exc) in _NO_OBJECT:
                 return None
             raise
 
@@ -114,7 +116,7 @@ class MediaStore:
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if _code(exc) in _NO_OBJECT:
                 return None
             raise
         return int(head["ContentLength"])

@@ -18,8 +18,9 @@ and the tasks that **ended without their client being told**: ended more than
 ``task.callback``, with a callback URL, and no try of that callback on record (an API that
 died between ending the task, by a cancel or this sweep, and queueing its callback): the
 callback is queued (``told``); and those whose callback's last try asked for another that
-never came, ``TELL_AFTER_S`` past its time (the in-process queue of an embedded service that
-restarted while the try waited): the try is queued (``resent``). Receivers drop a duplicate
+has not come ``TELL_AFTER_S`` past its time (its message was lost: a queue purged by hand; an
+embedded restart queues its waiting tries itself, api/embedded.py): the try is queued
+(``resent``). Receivers drop a duplicate
 by its ``webhook-id``.
 
 A stage that is running counts as work however long it takes (a long generation is not
