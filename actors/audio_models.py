@@ -7,13 +7,13 @@ What a caller must know:
   import torch.
 * ``name_or_dir`` is what the settings hold (``MUSIC_GEN_MODEL`` / ``AUDIO_GEN_MODEL``): a
   hub name such as ``facebook/musicgen-small`` or a local checkpoint directory holding
-  ``state_dict.bin`` and ``compression_state_dict.bin`` (see ``aimarket.tiny_models``).
+  ``state_dict.bin`` and ``compression_state_dict.bin`` (see ``aimarket.random_models``).
 * Every failure to load raises :class:`ModelLoadError`, whose message names the setting
   value; map it to the task error code ``model_unavailable``.
 * Models are cached per process, one per (kind, name_or_dir, resolved device); a model is
   used by one generation at a time. ``seed`` makes a generation reproducible as long as no
   other thread of the process draws from torch's global RNG meanwhile.
-* Call :func:`configure_cache` before the first load.
+* Call :func:`configure_cache` and :func:`set_precision` before the first load.
 """
 
 from __future__ import annotations
@@ -33,11 +33,14 @@ from typing import Any, Literal, get_args
 import numpy as np
 import numpy.typing as npt
 
+from actors.precision import PRECISIONS, Precision, PrecisionUnsupported, apply_precision
+
 log = logging.getLogger(__name__)
 
 ModelKind = Literal["musicgen", "audiogen"]
 
-#: Files of a released (or ``aimarket.tiny_models``) checkpoint directory.
+
+#: Files of a released (or ``aimarket.random_models``) checkpoint directory.
 CHECKPOINT_FILES = ("state_dict.bin", "compression_state_dict.bin")
 
 
@@ -70,8 +73,10 @@ class _Entry:
 
 #: Loaded models, least recently used first. Bounded: a pool serving several variants
 #: (small, medium, melody...) keeps the most used in memory instead of all of them.
-_MODELS: OrderedDict[tuple[str, str, str], _Entry] = OrderedDict()
+#: Keyed by (kind, name_or_dir, device, precision).
+_MODELS: OrderedDict[tuple[str, str, str, str], _Entry] = OrderedDict()
 _max_models = 2
+_precision: Precision = "auto"
 # One lock for all loads: loads are rare and heavy, and the weights_only fallback swaps a
 # function of audiocraft's loader module, which must not happen under a concurrent load.
 _LOAD_LOCK = threading.Lock()
@@ -136,9 +141,18 @@ def set_cache_size(size: int) -> None:
     _max_models = max(1, size)
 
 
+def set_precision(precision: str) -> None:
+    """The precision the next loads use (MODEL_PRECISION); models already loaded keep theirs.
+    Raises ValueError for a name not in :data:`PRECISIONS`."""
+    global _precision
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
+    _precision = precision
+
+
 def cached_models() -> list[tuple[str, str, str]]:
     """(kind, name, device) of the loaded models, least recently used first."""
-    return list(_MODELS)
+    return [key[:3] for key in _MODELS]
 
 
 def _evict_over(limit: int) -> None:
@@ -150,8 +164,14 @@ def _evict_over(limit: int) -> None:
             del _MODELS[key]
         log.info("evicted %s model %r from %s (cache holds %d)", *key, limit)
         if key[2].startswith("cuda"):
+            import gc
+
             import torch
 
+            # The entry held the last reference; collect it now so that its CUDA tensors are
+            # freed before empty_cache hands their blocks back to the driver.
+            del entry
+            gc.collect()
             torch.cuda.empty_cache()
 
 
@@ -377,16 +397,22 @@ def _run(
         model.set_generation_params(duration=duration, use_sampling=True, **sampling)
         # Set on every call (None clears it): the model is shared by every task of the process.
         model.set_custom_progress_callback(progress)
-        if seed is None:
-            wav = call(model)
-        else:
-            # fork_rng restores the global RNG afterwards, so seeding here does not make
-            # later unseeded generations in this process repeat themselves.
-            on_cuda = model.device.type == "cuda"
-            devices = [model.device.index or 0] if on_cuda else []
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(seed)
+        on_cuda = model.device.type == "cuda"
+        try:
+            if seed is None:
                 wav = call(model)
+            else:
+                # fork_rng restores the global RNG afterwards, so seeding here does not make
+                # later unseeded generations in this process repeat themselves.
+                devices = [model.device.index or 0] if on_cuda else []
+                with torch.random.fork_rng(devices=devices):
+                    torch.manual_seed(seed)
+                    wav = call(model)
+        except torch.cuda.OutOfMemoryError:
+            # The failed batch's activations are garbage now: hand their blocks back before
+            # the batcher retries in halves, or the halves find the memory still taken.
+            torch.cuda.empty_cache()
+            raise
     samples = wav.detach().to(dtype=torch.float32, device="cpu").numpy()
     samples = np.clip(np.nan_to_num(samples), -1.0, 1.0).astype(np.float32, copy=False)
     return GeneratedAudio(samples=np.ascontiguousarray(samples), sample_rate=int(model.sample_rate))
@@ -428,7 +454,7 @@ def wav_info(data: bytes) -> tuple[int, float, int]:
 def _entry(kind: ModelKind, name_or_dir: str, device: str) -> _Entry:
     if kind not in get_args(ModelKind):
         raise ValueError(f"unknown model kind {kind!r}")
-    key = (kind, name_or_dir, resolve_device(device))
+    key = (kind, name_or_dir, resolve_device(device), _precision)
     with _LOAD_LOCK:
         entry = _MODELS.get(key)
         if entry is not None:
@@ -436,7 +462,12 @@ def _entry(kind: ModelKind, name_or_dir: str, device: str) -> _Entry:
             return entry
         # Make room first, so two large models are never in memory together by accident.
         _evict_over(_max_models - 1)
-        entry = _Entry(model=_load(kind, name_or_dir, key[2]), lock=threading.Lock())
+        model = _load(kind, name_or_dir, key[2])
+        try:
+            apply_precision(model, key[3])
+        except PrecisionUnsupported as exc:
+            raise ModelLoadError(f"{kind} model {name_or_dir!r}: {exc}") from None
+        entry = _Entry(model=model, lock=threading.Lock())
         _MODELS[key] = entry
         return entry
 

@@ -30,6 +30,12 @@ Kind = Literal["musicgen", "audiogen"]
 #: Sampling settings a workflow input may set (the rest are audiocraft's defaults).
 SAMPLING_KEYS = ("top_k", "top_p", "temperature", "cfg_coef")
 
+#: Dramatiq gives a free worker thread the waiting message of the lowest ``priority`` first.
+#: A generation message holds its thread while it waits for the batcher, so generation ranks
+#: after every other stage (default 0): the last stages of finished tasks (store, callback)
+#: run at once instead of queueing behind generations that cannot start yet.
+GENERATION_PRIORITY = 10
+
 _batcher_lock = threading.Lock()
 _batcher: Batcher | None = None
 
@@ -41,16 +47,17 @@ def batcher() -> Batcher:
         if _batcher is None:
             settings = resources().settings
             _batcher = Batcher(
-                _generate_batch,
+                generate_batch,
                 max_batch=settings.batch_max_size,
                 max_wait_s=settings.batch_max_wait_ms / 1000,
+                window_fraction=settings.batch_window_fraction,
                 bucket_s=settings.batch_bucket_s,
                 seeded=_generate_seeded,
             )
         return _batcher
 
 
-def _generate_batch(
+def generate_batch(
     kind: str,
     model: str,
     prompts: list[str],
@@ -59,6 +66,8 @@ def _generate_batch(
     params: Mapping[str, Any],
     progress: Progress | None,
 ) -> tuple[npt.NDArray[np.float32], int]:
+    """The batcher's model call (a ``GenerateFn``): one ``generate`` over the batch's prompts,
+    observed in the generation metrics."""
     from actors import audio_models
 
     started = time.perf_counter()
@@ -233,7 +242,7 @@ async def _store_clip(task_id: str, stage_id: str, clip: Clip) -> dict[str, Any]
     return {"media": [media]}
 
 
-@stage("audio.musicgen", queue="musicgen", outputs=("media",))
+@stage("audio.musicgen", queue="musicgen", outputs=("media",), priority=GENERATION_PRIORITY)
 async def musicgen(
     task_id: str, workflow: str, stage_id: str, previous: Any = None
 ) -> dict[str, Any]:
@@ -241,7 +250,7 @@ async def musicgen(
     return await run_generation("musicgen", task_id, workflow, stage_id, previous)
 
 
-@stage("audio.audiogen", queue="audiogen", outputs=("media",))
+@stage("audio.audiogen", queue="audiogen", outputs=("media",), priority=GENERATION_PRIORITY)
 async def audiogen(
     task_id: str, workflow: str, stage_id: str, previous: Any = None
 ) -> dict[str, Any]:

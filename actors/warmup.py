@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+from actors import audio_models
 from aimarket.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -22,9 +23,15 @@ WARMUP_ENV = "AIMARKET_WARMUP"
 READY_FILE_ENV = "AIMARKET_READY_FILE"
 
 
-def warm(settings: Settings, kinds: list[str]) -> None:
-    from actors import audio_models
+def configure_models(settings: Settings) -> None:
+    """Apply this process's model settings (hub cache, models kept loaded, precision); call it
+    before the first load, in a worker process or in the embedded API's."""
+    audio_models.configure_cache(settings.cache_model_dir)
+    audio_models.set_cache_size(settings.model_cache_size)
+    audio_models.set_precision(settings.model_precision)
 
+
+def warm(settings: Settings, kinds: list[str]) -> None:
     for kind in kinds:
         model = settings.music_gen_model if kind == "musicgen" else settings.audio_gen_model
         started = time.perf_counter()

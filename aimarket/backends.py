@@ -102,7 +102,7 @@ def describe(settings: Settings) -> dict[str, str]:
         else (f"sql ({db.split(':', 1)[0]})" if db else f"sqlite ({database_url(settings)[18:]})"),
         "queue": f"rabbitmq ({settings.rabbitmq_host})"
         if settings.rabbitmq_host
-        else f"in-process ({settings.embedded_worker_threads} worker threads)",
+        else f"in-process ({settings.embedded_threads} worker threads)",
         "state": f"redis ({settings.redis_host})" if settings.redis_host else "memory",
         "media": f"s3 ({settings.s3_endpoint_url or 'aws'}, bucket {settings.bucket})"
         if settings.s3_configured

@@ -11,6 +11,7 @@ from typing import NoReturn
 import click
 import msgspec
 
+from aimarket.random_models import SHAPES, make_random, make_tiny
 from aimarket.settings import SettingsError, get_settings
 
 #: Queues whose stages hold a model on a GPU: one thread and prefetch 1, so a worker never
@@ -341,14 +342,34 @@ def models() -> None:
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--kind", type=click.Choice(["musicgen", "audiogen"]), required=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def make_tiny(directory: Path, kind: str, seed: int) -> None:
+def make_tiny_command(directory: Path, kind: str, seed: int) -> None:
     """Write a tiny random checkpoint to DIRECTORY, for offline smoke tests.
 
     Its audio is noise: it exercises the real loading and generation code, nothing more.
     """
-    from aimarket.tiny_models import make_tiny as write
-
-    path = write(directory, kind, seed=seed)  # type: ignore[arg-type]
+    path = make_tiny(directory, kind, seed=seed)  # type: ignore[arg-type]
     var = "MUSIC_GEN_MODEL" if kind == "musicgen" else "AUDIO_GEN_MODEL"
     click.echo(f"wrote a tiny random {kind} checkpoint to {path} (its audio is noise)")
+    click.echo(f"use it with: {var}={path.resolve()}")
+
+
+@models.command("make-random")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--like",
+    type=click.Choice(list(SHAPES)),
+    required=True,
+    help="The released model whose architecture and sizes to copy (tiny-* for tests).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+def make_random_command(directory: Path, like: str, seed: int) -> None:
+    """Write a random-weight checkpoint of a released model's shape to DIRECTORY, offline.
+
+    A decoding step costs what the released model's does, so it measures speed and memory;
+    its audio is noise. Released shapes take GBs of disk (musicgen-small about 1.8 GB,
+    medium about 6 GB): never commit one.
+    """
+    path = make_random(directory, like, seed=seed)
+    var = "MUSIC_GEN_MODEL" if SHAPES[like].kind == "musicgen" else "AUDIO_GEN_MODEL"
+    click.echo(f"wrote a random {like} checkpoint to {path} (its audio is noise)")
     click.echo(f"use it with: {var}={path.resolve()}")

@@ -100,20 +100,30 @@ class Settings(msgspec.Struct, kw_only=True, rename="upper", forbid_unknown_fiel
     #: Most requests decoded together in one generate call (1 turns batching off). A GPU
     #: worker runs this many threads, so this many messages can wait to be batched.
     batch_max_size: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4
-    #: How long the first request of a batch waits for company, in milliseconds.
-    batch_max_wait_ms: Annotated[int, msgspec.Meta(ge=0, le=5000)] = 30
+    #: How long a forming batch waits for its next request, in milliseconds: a lone request
+    #: waits this long, a burst keeps the batch open while its requests keep coming.
+    batch_max_wait_ms: Annotated[int, msgspec.Meta(ge=0, le=5000)] = 50
+    #: The longest a batch stays open, as a fraction of the last batch's decoding time (at
+    #: least BATCH_MAX_WAIT_MS): the latency a burst may add to win a bigger batch.
+    batch_window_fraction: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.1
     #: Durations are padded within buckets of this many seconds (bounds wasted decoding).
     batch_bucket_s: PositiveFloat = 5.0
     #: Models one worker process keeps loaded; the least recently used is evicted beyond it.
     model_cache_size: Annotated[int, msgspec.Meta(ge=1, le=16)] = 2
+    #: The LM's number format. ``auto`` is audiocraft's own (float32 on CPU, float16 on CUDA);
+    #: ``bf16`` keeps the LM's weights in bfloat16, which halves the bytes each decoding step
+    #: reads (3.4x the throughput of float32 on this project's CPU, docs/benchmarks.md);
+    #: ``fp32`` is CPU only, ``fp16`` CUDA only.
+    model_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
     # --- Embedded mode (what runs in-process when a backend above is not configured) --------
     #: Folder of the embedded SQLite database, media files and generated secrets.
     data_dir: str = "data"
     #: Base URL that links to local media start with (default http://127.0.0.1:APP_API_PORT).
     public_base_url: str | None = None
-    #: Worker threads the API process runs when there is no RabbitMQ.
-    embedded_worker_threads: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    #: Worker threads the API process runs when there is no RabbitMQ (default: BATCH_MAX_SIZE
+    #: + 2, see :attr:`embedded_threads`).
+    embedded_worker_threads: Annotated[int, msgspec.Meta(ge=1, le=64)] | None = None
 
     # --- Workflows and delivery ----------------------------------------------------------
     #: Extra folders of workflow YAML files, separated by commas.
@@ -174,6 +184,12 @@ class Settings(msgspec.Struct, kw_only=True, rename="upper", forbid_unknown_fiel
     #: Bearer token of the admin API (/v1/admin/...): dead letters, sweep. Unset: the admin
     #: API answers 403. Must differ from MARKETPLACE_TOKEN.
     admin_token: str | None = None
+
+    @property
+    def embedded_threads(self) -> int:
+        """Worker threads of the embedded mode: EMBEDDED_WORKER_THREADS, or enough for a full
+        batch to wait for the batcher while two more threads run the other stages."""
+        return self.embedded_worker_threads or self.batch_max_size + 2
 
     @property
     def database_dsn(self) -> str | None:

@@ -21,11 +21,9 @@ from actors.webhooks import secret_key, webhook_secret  # noqa: E402
 
 secret_key(webhook_secret(settings))  # a worker that cannot sign callbacks must not start
 
-from actors.audio_models import configure_cache, set_cache_size  # noqa: E402  (no torch yet)
-from actors.warmup import start_warmup  # noqa: E402
+from actors.warmup import configure_models, start_warmup  # noqa: E402  (no torch yet)
 
-configure_cache(settings.cache_model_dir)
-set_cache_size(settings.model_cache_size)
+configure_models(settings)
 start_warmup(settings)
 
 from actors.registry import STAGE_QUEUES  # noqa: E402  (filled by setup_broker)

@@ -8,6 +8,7 @@ from datetime import timedelta
 import anyio.to_thread
 import dramatiq
 
+from actors.warmup import configure_models
 from aimarket.delays import enqueue_after
 from aimarket.sweep import RESEND_WINDOW_S
 from api.services import Services
@@ -24,9 +25,10 @@ STOP_TIMEOUT_S = 10
 
 def start_worker(services: Services) -> dramatiq.Worker:
     broker = services.broker
+    configure_models(services.settings)
     # The Dramatiq CLI does this in a worker process; it arms the stage time limits.
     broker.emit_after("process_boot")
-    worker = dramatiq.Worker(broker, worker_threads=services.settings.embedded_worker_threads)
+    worker = dramatiq.Worker(broker, worker_threads=services.settings.embedded_threads)
     worker.start()
     return worker
 

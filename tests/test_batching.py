@@ -153,3 +153,43 @@ def test_progress_reaches_every_request_of_a_batch() -> None:
     for f in futures:
         f.result(timeout=10)
     assert sorted(seen) == ["0:3/3", "1:3/3", "2:3/3"]
+
+
+def _arrive(batcher: Batcher, requests: list[Request], every_s: float) -> list[Future[Clip]]:
+    futures = []
+    for r in requests:
+        futures.append(batcher.submit(r))
+        time.sleep(every_s)
+    return futures
+
+
+def test_a_burst_spread_over_longer_than_the_gap_still_forms_one_batch() -> None:
+    # Eight requests 40 ms apart: 280 ms from first to last, far beyond the 50 ms gap that a
+    # lone request waits, but each comes within the gap of the one before it.
+    model = FakeModel()
+    batcher = Batcher(model, max_batch=8, max_wait_s=0.05, window_fraction=0.1)
+    batcher.last_decode_s = 10.0  # a real-size batch: the window may stay open 1 s
+    futures = _arrive(batcher, [req(f"p-{i}") for i in range(8)], every_s=0.04)
+    assert [f.result(timeout=10).batch_size for f in futures] == [8] * 8
+    assert model.calls == [[f"p-{i}" for i in range(8)]]
+
+
+def test_a_steady_trickle_cannot_hold_a_batch_past_its_window() -> None:
+    # A request every 30 ms forever would keep the gap open; the window (10 % of a 2 s
+    # decode: 200 ms) closes the batch after about seven of them.
+    model = FakeModel()
+    batcher = Batcher(model, max_batch=64, max_wait_s=0.05, window_fraction=0.1)
+    batcher.last_decode_s = 2.0
+    futures = _arrive(batcher, [req(f"p-{i}") for i in range(20)], every_s=0.03)
+    for f in futures:
+        f.result(timeout=10)
+    first = len(model.calls[0])
+    assert 3 <= first <= 10, model.calls  # closed by the window, not by the 20th request
+    assert sum(len(c) for c in model.calls) == 20
+
+
+def test_the_window_follows_the_last_decoding_time() -> None:
+    model = FakeModel(delay=0.3)
+    batcher = Batcher(model, max_batch=4, max_wait_s=0.01, window_fraction=0.5)
+    batcher.submit(req("p-1")).result(timeout=5)
+    assert batcher.last_decode_s == pytest.approx(0.3, abs=0.15)

@@ -69,4 +69,3 @@ def test_an_unreachable_store_is_one_line_naming_the_setting() -> None:
     assert "\n" not in message
     assert "'storage-test'" in message
     assert "check S3_ENDPOINT_URL" in message
-
