@@ -1,4 +1,5 @@
-"""Optional warm-up of a generation worker, and the readiness file that says it is warm.
+"""A generation worker's model settings, its optional warm-up, and the readiness file that
+says it is warm.
 
 ``aimarket worker --warmup --ready-file PATH`` loads the models of the worker's GPU queues and
 decodes one short clip before the file appears, so an orchestrator's readiness probe

@@ -100,13 +100,15 @@ def service(
     precision: str,
     work: Path,
     extra_env: dict[str, str],
+    label: str = "",
 ) -> dict[str, Any]:
     workflow = "text2music" if kind == "musicgen" else "text2sound"
     port = free_port()
+    name = f"{batch}{label}"
     env = {
         "PATH": os.environ["PATH"],
         "HOME": os.environ.get("HOME", str(work)),
-        "DATA_DIR": str(work / f"data-{batch}"),
+        "DATA_DIR": str(work / f"data-{name}"),
         "MARKETPLACE_TOKEN": TOKEN,
         "MUSIC_GEN_MODEL": str(model_dir),
         "AUDIO_GEN_MODEL": str(model_dir),
@@ -117,7 +119,7 @@ def service(
         "PYTHONPATH": str(ROOT),
         **extra_env,
     }
-    log = (work / f"serve-{batch}.log").open("wb")
+    log = (work / f"serve-{name}.log").open("wb")
     proc = subprocess.Popen(
         [str(BIN / "aimarket"), "serve", "--port", str(port)],
         env=env,
@@ -303,6 +305,13 @@ def main() -> int:
     parser.add_argument(
         "--env", action="append", default=[], help="extra service setting, NAME=VALUE"
     )
+    parser.add_argument(
+        "--baseline-env",
+        action="append",
+        default=[],
+        help="NAME=VALUE: also run the service at --batch with these settings, in the same "
+        "run, and report it against the service as configured",
+    )
     args = parser.parse_args()
     direct_sizes = sizes(args.batches or f"1,{args.batch}")
     service_sizes = sizes(args.service_batches or f"1,{args.batch}")
@@ -339,6 +348,22 @@ def main() -> int:
                 for size in service_sizes
             },
         }
+        if args.baseline_env:
+            baseline = dict(item.split("=", 1) for item in args.baseline_env)
+            report["baseline"] = {
+                "env": baseline,
+                **service(
+                    model_dir,
+                    args.kind,
+                    args.batch,
+                    args.requests,
+                    args.duration,
+                    args.precision,
+                    work,
+                    {**extra, **baseline},
+                    label="-baseline",
+                ),
+            }
     ratios(report, args.batch)
     text = json.dumps(report, indent=2)
     if args.out:
@@ -366,6 +391,10 @@ def ratios(report: dict[str, Any], batch: int) -> None:
     if str(batch) in svc and str(batch) in d:
         report["service_vs_direct_batched"] = (
             svc[str(batch)]["audio_s_per_s"] / d[str(batch)]["audio_s_per_s"]
+        )
+    if "baseline" in report and str(batch) in svc:
+        report["service_vs_baseline"] = (
+            svc[str(batch)]["audio_s_per_s"] / report["baseline"]["audio_s_per_s"]
         )
     if "1" in d and str(batch) in d:
         report["direct_batched_vs_1"] = d[str(batch)]["audio_s_per_s"] / d["1"]["audio_s_per_s"]
@@ -399,7 +428,15 @@ def table(report: dict[str, Any], batch: int) -> str:
         lines.append(
             f"    mean s per stage run: {stages}  (mean batch {row['mean_batch'] or 0:.1f})"
         )
+    if "baseline" in report:
+        row = report["baseline"]
+        lines.append(
+            f"service, BATCH_MAX_SIZE {batch:>3}, {row['env']}: {row['audio_s_per_s']:8.3f} "
+            f"s audio/s  latency p50 {row['latency_p50_s']:.2f} s p90 {row['latency_p90_s']:.2f} s"
+            f"  (mean batch {row['mean_batch'] or 0:.1f})"
+        )
     for key, label in (
+        ("service_vs_baseline", f"service / service with {report.get('baseline', {}).get('env')}"),
         ("ratio_on_off", f"batching on ({batch}) / off (1), service"),
         ("service_vs_direct_batched", f"service / direct generate, batch {batch}"),
         ("direct_batched_vs_1", f"direct generate, batch {batch} / batch 1"),

@@ -22,7 +22,8 @@ def test_start_up_log_names_each_backend(embedded_api: Api) -> None:
     # The whole log: the session's other tests may have written much since the start-up.
     log = embedded_api.proc.log.read_text(errors="replace")
     assert "database -> sqlite (" in log
-    assert "queue    -> in-process (2 worker threads)" in log
+    # BATCH_MAX_SIZE (4 by default) + 2: a full batch waits for the model, two threads run on.
+    assert "queue    -> in-process (6 worker threads)" in log
     assert "state    -> memory" in log
     assert "media    -> local (" in log
     ready = httpx.get(embedded_api.url + "/health/ready").json()

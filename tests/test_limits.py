@@ -359,11 +359,12 @@ def embedded_limited(
     extra_workflows: Path,
     receiver: Receiver,
 ) -> Iterator[httpx.Client]:
-    """One `aimarket serve` with nothing configured: a user may have one active task, and a
-    queue may hold 2 waiting messages."""
+    """One `aimarket serve` with nothing configured but two worker threads: a user may have
+    one active task, and a queue may hold 2 waiting messages."""
     workdir = tmp_path_factory.mktemp("embedded-limits")
     env = embedded_env(workdir / "data", tiny_models, extra_workflows, receiver)
-    with apis(env, workdir, 1, MAX_ACTIVE_TASKS_PER_USER="1", MAX_QUEUE_DEPTH="2") as (c,):
+    limits = {"MAX_ACTIVE_TASKS_PER_USER": "1", "MAX_QUEUE_DEPTH": "2"}
+    with apis(env, workdir, 1, EMBEDDED_WORKER_THREADS="2", **limits) as (c,):
         yield c
 
 

@@ -64,3 +64,22 @@ def test_invalid_setting_names_the_variable(env: dict[str, str], name: str) -> N
 def test_require_names_the_missing_variable() -> None:
     with pytest.raises(SettingsError, match=r"^MARKETPLACE_TOKEN is required"):
         Settings().require("MARKETPLACE_TOKEN")
+
+
+def test_embedded_threads_follow_the_batch_size_unless_set() -> None:
+    # A full batch can wait for the model while two threads run the other stages.
+    assert load_settings({"BATCH_MAX_SIZE": "8"}, env_file=None).embedded_threads == 10
+    assert load_settings({}, env_file=None).embedded_threads == 6
+    explicit = {"BATCH_MAX_SIZE": "8", "EMBEDDED_WORKER_THREADS": "3"}
+    assert load_settings(explicit, env_file=None).embedded_threads == 3
+    assert load_settings({"EMBEDDED_WORKER_THREADS": ""}, env_file=None).embedded_threads == 6
+
+
+def test_generation_settings_are_checked() -> None:
+    assert load_settings({"MODEL_PRECISION": "bf16"}, env_file=None).model_precision == "bf16"
+    for env, name in (
+        ({"MODEL_PRECISION": "fp8"}, "MODEL_PRECISION"),
+        ({"BATCH_WINDOW_FRACTION": "1.5"}, "BATCH_WINDOW_FRACTION"),
+    ):
+        with pytest.raises(SettingsError, match=name):
+            load_settings(env, env_file=None)
