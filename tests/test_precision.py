@@ -3,15 +3,18 @@ and a precision the device cannot run is refused with the setting named."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
 from actors import audio_models
 from actors.precision import closeness
 from aimarket.random_models import make_random
+from tests.conftest import TOKEN, Receiver, embedded_env, serve, stop
 
 #: The bound on how far bfloat16 moves the next-token distributions from float32's, as total
 #: variation distance (the share of probability that changes hands), mean over every position
@@ -78,3 +81,39 @@ def test_a_precision_the_device_lacks_is_refused(checkpoint: Path, precision: No
         audio_models.load_model("musicgen", str(checkpoint), "cpu")
     with pytest.raises(ValueError, match="unknown precision 'fp8'"):
         audio_models.set_precision("fp8")
+
+
+@pytest.mark.parametrize(
+    ("precision", "status", "error"),
+    [("bf16", "succeeded", None), ("fp16", "failed", "model_unavailable")],
+)
+def test_the_setting_reaches_the_embedded_workers(
+    tmp_path: Path,
+    tiny_models: dict[str, Path],
+    extra_workflows: Path,
+    receiver: Receiver,
+    precision: str,
+    status: str,
+    error: str | None,
+) -> None:
+    env = embedded_env(tmp_path / "data", tiny_models, extra_workflows, receiver)
+    api = serve(env | {"MODEL_PRECISION": precision}, tmp_path)
+    try:
+        with httpx.Client(base_url=api.url, headers={"authorization": f"Bearer {TOKEN}"}) as c:
+            body = {
+                "workflow": "text2music",
+                "user_id": "p",
+                "input": {"prompt": "a", "duration": 0.5},
+            }
+            task_id = c.post("/v1/tasks", json=body).json()["task_id"]
+            deadline = time.monotonic() + 120
+            while (view := c.get(f"/v1/tasks/{task_id}").json())["status"] in ("queued", "running"):
+                assert time.monotonic() < deadline, view
+                time.sleep(0.2)
+    finally:
+        stop(api.proc)
+    assert view["status"] == status, view
+    if error is not None:
+        # The operator's mistake, said in the operator's terms: the setting and what to use.
+        assert view["error"]["code"] == error
+        assert "MODEL_PRECISION=fp16 needs a CUDA device" in view["error"]["message"]
