@@ -18,6 +18,7 @@ What a caller must know:
 
 from __future__ import annotations
 
+import gc
 import io
 import logging
 import os
@@ -157,8 +158,6 @@ def _evict_over(limit: int) -> None:
             del _MODELS[key]
         log.info("evicted %s model %r from %s (cache holds %d)", *key, limit)
         if key[2].startswith("cuda"):
-            import gc
-
             import torch
 
             # The entry held the last reference; collect it now so that its CUDA tensors are
@@ -390,25 +389,31 @@ def _run(
         model.set_generation_params(duration=duration, use_sampling=True, **sampling)
         # Set on every call (None clears it): the model is shared by every task of the process.
         model.set_custom_progress_callback(progress)
-        on_cuda = model.device.type == "cuda"
-        try:
-            if seed is None:
+        if seed is None:
+            wav = call(model)
+        else:
+            # fork_rng restores the global RNG afterwards, so seeding here does not make
+            # later unseeded generations in this process repeat themselves.
+            on_cuda = model.device.type == "cuda"
+            devices = [model.device.index or 0] if on_cuda else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
                 wav = call(model)
-            else:
-                # fork_rng restores the global RNG afterwards, so seeding here does not make
-                # later unseeded generations in this process repeat themselves.
-                devices = [model.device.index or 0] if on_cuda else []
-                with torch.random.fork_rng(devices=devices):
-                    torch.manual_seed(seed)
-                    wav = call(model)
-        except torch.cuda.OutOfMemoryError:
-            # The failed batch's activations are garbage now: hand their blocks back before
-            # the batcher retries in halves, or the halves find the memory still taken.
-            torch.cuda.empty_cache()
-            raise
     samples = wav.detach().to(dtype=torch.float32, device="cpu").numpy()
     samples = np.clip(np.nan_to_num(samples), -1.0, 1.0).astype(np.float32, copy=False)
     return GeneratedAudio(samples=np.ascontiguousarray(samples), sample_rate=int(model.sample_rate))
+
+
+def release_memory() -> None:
+    """Hand the GPU memory no tensor holds any more back to the driver (after a failed
+    generation, before the next). Without CUDA in use, it does nothing."""
+    if "torch" not in sys.modules:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        gc.collect()  # tensors kept alive only by reference cycles (a dropped traceback's)
+        torch.cuda.empty_cache()
 
 
 def encode_wav(samples: npt.NDArray[Any], sample_rate: int) -> bytes:

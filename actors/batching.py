@@ -22,7 +22,8 @@ stream, and the same seed must give the same audio whatever else is queued.
 
 Failures stay with their request: when a batch fails, its requests are retried one by one, so
 one bad request cannot fail its batch-mates. Out of memory halves the batch size (it grows
-back by one after each batch that fits) and the failed batch is retried in halves. A request
+back by one after each batch that fits) and the failed batch is retried in halves, once the
+failed attempt's memory is released. A request
 whose task is cancelled stops its batch at the next decoding step (its progress callback
 raises ``TaskCancelled``): that request ends with the error, and the rest of the batch runs
 again without it.
@@ -101,6 +102,7 @@ class Batcher:
         window_fraction: float = 0.1,
         bucket_s: float = 5.0,
         seeded: Callable[[Request], Clip] | None = None,
+        release_memory: Callable[[], None] | None = None,
     ) -> None:
         self._generate = generate
         self.max_batch = max(1, max_batch)
@@ -112,6 +114,8 @@ class Batcher:
         self.last_decode_s = 0.0
         self.bucket_s = bucket_s
         self._seeded = seeded
+        #: Called before a failed batch runs again (hands a GPU's freed memory back).
+        self._release_memory = release_memory
         self._queue: queue.Queue[Request] = queue.Queue()
         self._backlog: deque[Request] = deque()
         self._thread = threading.Thread(target=self._loop, name="generate-batcher", daemon=True)
@@ -164,33 +168,42 @@ class Batcher:
         try:
             clips = self._decode(batch)
         except BaseException as exc:
-            stopped = [r for r in batch if r.cancelled is not None]
-            if stopped:
-                # A cancelled task stopped the decoding: it ends; its batch-mates run again.
-                for request in stopped:
-                    request.future.set_exception(request.cancelled or exc)
-                rest = [r for r in batch if r.cancelled is None]
-                if rest:
-                    self._run(rest)
-            elif len(batch) > 1 and is_out_of_memory(exc):
-                self.limit = max(1, len(batch) // 2)
-                log.warning("out of memory at batch %d; batch size now %d", len(batch), self.limit)
-                half = len(batch) // 2
-                self._run(batch[:half])
-                self._run(batch[half:])
-            elif len(batch) > 1:
-                # Isolate the culprit: each request gets its own answer, good or bad.
-                for request in batch:
-                    self._run([request])
-            else:
-                batch[0].future.set_exception(exc)
+            retry = self._after_failure(batch, exc)
+        else:
+            self.batches.append(len(batch))
+            self.last_decode_s = time.monotonic() - started
+            if self.limit < self.max_batch and len(batch) == self.limit:
+                self.limit += 1
+            for request, clip in zip(batch, clips, strict=True):
+                request.future.set_result(clip)
             return
-        self.batches.append(len(batch))
-        self.last_decode_s = time.monotonic() - started
-        if self.limit < self.max_batch and len(batch) == self.limit:
-            self.limit += 1
-        for request, clip in zip(batch, clips, strict=True):
-            request.future.set_result(clip)
+        # Run again only here, outside the except block: the failed attempt's traceback, whose
+        # frames hold its activations (GBs on a GPU after an out-of-memory), is gone now, and
+        # release_memory can hand that memory back before anything decodes again.
+        if retry and self._release_memory is not None:
+            self._release_memory()
+        for part in retry:
+            self._run(part)
+
+    def _after_failure(self, batch: list[Request], exc: BaseException) -> list[list[Request]]:
+        """End the requests that ``exc`` ends, and return the groups to run again."""
+        stopped = [r for r in batch if r.cancelled is not None]
+        if stopped:
+            # A cancelled task stopped the decoding: it ends; its batch-mates run again.
+            for request in stopped:
+                request.future.set_exception(request.cancelled or exc)
+            rest = [r for r in batch if r.cancelled is None]
+            return [rest] if rest else []
+        if len(batch) > 1 and is_out_of_memory(exc):
+            self.limit = max(1, len(batch) // 2)
+            log.warning("out of memory at batch %d; batch size now %d", len(batch), self.limit)
+            half = len(batch) // 2
+            return [batch[:half], batch[half:]]
+        if len(batch) > 1:
+            # Isolate the culprit: each request gets its own answer, good or bad.
+            return [[request] for request in batch]
+        batch[0].future.set_exception(exc)
+        return []
 
     def _decode(self, batch: list[Request]) -> list[Clip]:
         first = batch[0]

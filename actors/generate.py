@@ -53,6 +53,7 @@ def batcher() -> Batcher:
                 window_fraction=settings.batch_window_fraction,
                 bucket_s=settings.batch_bucket_s,
                 seeded=_generate_seeded,
+                release_memory=_release_memory,
             )
         return _batcher
 
@@ -76,6 +77,12 @@ def generate_batch(
     )
     observe_generation(kind, time.perf_counter() - started, duration, len(prompts))
     return audio.samples, audio.sample_rate
+
+
+def _release_memory() -> None:
+    from actors import audio_models
+
+    audio_models.release_memory()
 
 
 def _generate_seeded(request: Request) -> Clip:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from concurrent.futures import Future
 from typing import Any
@@ -193,3 +194,38 @@ def test_the_window_follows_the_last_decoding_time() -> None:
     batcher = Batcher(model, max_batch=4, max_wait_s=0.01, window_fraction=0.5)
     batcher.submit(req("p-1")).result(timeout=5)
     assert batcher.last_decode_s == pytest.approx(0.3, abs=0.15)
+
+
+class Activations:
+    """Stands for the tensors a decoding step holds (GBs on a GPU)."""
+
+
+def test_a_failed_batch_has_let_go_of_its_memory_before_it_runs_again() -> None:
+    # The out-of-memory's traceback holds the failed call's frames, and they hold its
+    # activations: a retry inside the except block would run with them still allocated.
+    alive: list[weakref.ref[Activations]] = []
+    seen_at_release: list[bool] = []
+
+    def model(
+        kind: str,
+        name: str,
+        prompts: list[str],
+        duration: float,
+        device: str,
+        params: Mapping[str, Any],
+        progress: Any,
+    ) -> tuple[npt.NDArray[np.float32], int]:
+        activations = Activations()  # a local of the frame the traceback keeps
+        alive.append(weakref.ref(activations))
+        if len(prompts) > 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return np.zeros((len(prompts), 1, RATE), dtype=np.float32), RATE
+
+    def release() -> None:
+        seen_at_release.append(alive[0]() is None)
+
+    batcher = Batcher(model, max_batch=4, max_wait_s=0.2, release_memory=release)
+    for f in submit_all(batcher, [req(f"p-{i}") for i in range(4)]):
+        f.result(timeout=10)
+    assert seen_at_release == [True]  # released once, after the failed attempt was freed
+    assert batcher.batches == [2, 2]
