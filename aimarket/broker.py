@@ -21,7 +21,33 @@ from dramatiq.middleware import (
 from aimarket.metrics import METRICS_PORT_ENV
 from aimarket.settings import Settings
 
+#: Queues whose stages hold a model: a worker prefetches only as many of their messages as a
+#: batch holds, so it never sits on a job another worker could start now.
+GPU_QUEUES = frozenset({"musicgen", "audiogen"})
+
 _broker: dramatiq.Broker | None = None
+
+
+class InProcessBroker(StubBroker):
+    """Dramatiq's in-memory broker, for embedded mode, with a prefetch of its own for the
+    generation queues.
+
+    A generation message holds its worker thread while it waits for the batcher, and one
+    Dramatiq worker runs every stage of the embedded mode. With the queues' common prefetch
+    (twice the threads), generation messages could take every thread, and a finished task's
+    last stages then waited for the next decode. Like a GPU worker's ``dramatiq_queue_prefetch``
+    on RabbitMQ, at most ``generation_prefetch`` generation messages of a queue are taken at
+    once (a full batch, leaving threads for the rest); the others wait in the queue.
+    """
+
+    def __init__(self, *, generation_prefetch: int, middleware: list[dramatiq.Middleware]) -> None:
+        super().__init__(middleware=middleware)
+        self.generation_prefetch = generation_prefetch
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 100) -> Any:
+        if queue_name in GPU_QUEUES:
+            prefetch = min(prefetch, self.generation_prefetch)
+        return super().consume(queue_name, prefetch, timeout)
 
 
 def setup_broker(settings: Settings, *, publisher: bool = False) -> dramatiq.Broker:
@@ -63,7 +89,11 @@ def setup_broker(settings: Settings, *, publisher: bool = False) -> dramatiq.Bro
         # counters and durations join ours, served by our one exposition process.
         middleware.append(_message_metrics())
     broker: dramatiq.Broker = (
-        StubBroker(middleware=middleware)
+        # A full batch may wait for the model; at least one thread stays for the other stages.
+        InProcessBroker(
+            generation_prefetch=max(1, min(settings.batch_max_size, settings.embedded_threads - 1)),
+            middleware=middleware,
+        )
         if url is None
         else RabbitmqBroker(url=url, confirm_delivery=True, middleware=middleware)
     )

@@ -11,12 +11,10 @@ from typing import NoReturn
 import click
 import msgspec
 
+from aimarket.broker import GPU_QUEUES
 from aimarket.random_models import SHAPES, make_random, make_tiny
 from aimarket.settings import SettingsError, get_settings
 
-#: Queues whose stages hold a model on a GPU: one thread and prefetch 1, so a worker never
-#: sits on a second job another worker could start now.
-GPU_QUEUES = frozenset({"musicgen", "audiogen"})
 ALL_QUEUES = ("default", "callbacks", "musicgen", "audiogen")
 
 
