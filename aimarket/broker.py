@@ -19,11 +19,8 @@ from dramatiq.middleware import (
 )
 
 from aimarket.metrics import METRICS_PORT_ENV
+from aimarket.queues import GPU_QUEUES
 from aimarket.settings import Settings
-
-#: Queues whose stages hold a model: a worker prefetches only as many of their messages as a
-#: batch holds, so it never sits on a job another worker could start now.
-GPU_QUEUES = frozenset({"musicgen", "audiogen"})
 
 _broker: dramatiq.Broker | None = None
 

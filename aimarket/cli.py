@@ -11,11 +11,9 @@ from typing import NoReturn
 import click
 import msgspec
 
-from aimarket.broker import GPU_QUEUES
+from aimarket.queues import ALL_QUEUES, GPU_QUEUES
 from aimarket.random_models import SHAPES, make_random, make_tiny
 from aimarket.settings import SettingsError, get_settings
-
-ALL_QUEUES = ("default", "callbacks", "musicgen", "audiogen")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

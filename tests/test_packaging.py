@@ -187,8 +187,7 @@ def test_cpu_worker_takes_the_other_queues(services: dict[str, dict[str, Any]]) 
 
 
 def test_every_queue_has_a_worker(services: dict[str, dict[str, Any]]) -> None:
-    from aimarket.broker import GPU_QUEUES
-    from aimarket.cli import ALL_QUEUES
+    from aimarket.queues import ALL_QUEUES, GPU_QUEUES
 
     consumed = {name: queues(s) for name, s in services.items() if command(s)[:1] == ["worker"]}
     assert set().union(*consumed.values()) >= set(ALL_QUEUES)
