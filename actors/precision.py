@@ -1,7 +1,7 @@
 """The LM's number format (MODEL_PRECISION), and how close a faster format stays to float32.
 
 Decoding a released-size LM is memory-bound: every step reads all the transformer's weights
-for one new frame. Storing them in bfloat16 halves those bytes (3.4x the throughput of
+for one new frame. Storing them in bfloat16 halves those bytes (3.1x the throughput of
 float32 on this project's CPU, which has avx512_bf16; docs/benchmarks.md). What stays in
 float32, and why:
 

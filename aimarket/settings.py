@@ -112,7 +112,7 @@ class Settings(msgspec.Struct, kw_only=True, rename="upper", forbid_unknown_fiel
     model_cache_size: Annotated[int, msgspec.Meta(ge=1, le=16)] = 2
     #: The LM's number format. ``auto`` is audiocraft's own (float32 on CPU, float16 on CUDA);
     #: ``bf16`` keeps the LM's weights in bfloat16, which halves the bytes each decoding step
-    #: reads (3.4x the throughput of float32 on this project's CPU, docs/benchmarks.md);
+    #: reads (3.1x the throughput of float32 at batch 1 on an avx512_bf16 CPU, docs/benchmarks.md);
     #: ``fp32`` is CPU only, ``fp16`` CUDA only.
     model_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 

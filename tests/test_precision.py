@@ -6,14 +6,16 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import get_args, get_type_hints
 
 import httpx
 import numpy as np
 import pytest
 
 from actors import audio_models
-from actors.precision import closeness
+from actors.precision import PRECISIONS, closeness
 from aimarket.random_models import make_random
+from aimarket.settings import Settings
 from tests.conftest import TOKEN, Receiver, embedded_env, serve, stop
 
 #: The bound on how far bfloat16 moves the next-token distributions from float32's, as total
@@ -117,3 +119,7 @@ def test_the_setting_reaches_the_embedded_workers(
         # The operator's mistake, said in the operator's terms: the setting and what to use.
         assert view["error"]["code"] == error
         assert "MODEL_PRECISION=fp16 needs a CUDA device" in view["error"]["message"]
+
+
+def test_the_setting_offers_exactly_the_model_layers_precisions() -> None:
+    assert get_args(get_type_hints(Settings)["model_precision"]) == PRECISIONS
