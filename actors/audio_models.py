@@ -158,13 +158,10 @@ def _evict_over(limit: int) -> None:
             del _MODELS[key]
         log.info("evicted %s model %r from %s (cache holds %d)", *key, limit)
         if key[2].startswith("cuda"):
-            import torch
-
-            # The entry held the last reference; collect it now so that its CUDA tensors are
-            # freed before empty_cache hands their blocks back to the driver.
+            # The entry held the last reference: drop it, so that its CUDA tensors are freed
+            # before their blocks are handed back to the driver.
             del entry
-            gc.collect()
-            torch.cuda.empty_cache()
+            release_memory()
 
 
 #: audiocraft's own defaults for the sampling settings a request may change.

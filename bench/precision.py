@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -25,25 +24,7 @@ from typing import Any
 
 from actors import audio_models
 from actors.precision import closeness
-from bench.generate import machine, model_name, sizes
-
-
-def timings(
-    model: str, kind: str, batches: list[int], duration: float, rounds: int
-) -> dict[str, Any]:
-    audio_models.generate(kind, model, ["warm up"], 0.5)  # type: ignore[arg-type]
-    out: dict[str, Any] = {}
-    for size in batches:
-        prompts = [f"prompt {i}" for i in range(size)]
-        best = min(_timed(model, kind, prompts, duration) for _ in range(rounds))
-        out[str(size)] = {"seconds": best, "audio_s_per_s": size * duration / best}
-    return out
-
-
-def _timed(model: str, kind: str, prompts: list[str], duration: float) -> float:
-    started = time.perf_counter()
-    audio_models.generate(kind, model, prompts, duration)  # type: ignore[arg-type]
-    return time.perf_counter() - started
+from bench.generate import direct, machine, model_name, sizes
 
 
 def main() -> int:
@@ -70,13 +51,14 @@ def main() -> int:
         "duration_s": args.duration,
         "throughput": {},
     }
-    loaded = {}
+    for precision in precisions:
+        report["throughput"][precision] = direct(
+            args.model, args.kind, sizes(args.batches), args.duration, args.rounds, precision
+        )
+    loaded = {}  # both copies at once, for the closeness check
     for precision in precisions:
         audio_models.set_precision(precision)
         loaded[precision] = audio_models.load_model(args.kind, model)  # type: ignore[arg-type]
-        report["throughput"][precision] = timings(
-            model, args.kind, sizes(args.batches), args.duration, args.rounds
-        )
     base, *others = precisions
     report["baseline"] = base
     report["closeness"] = {

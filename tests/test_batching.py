@@ -206,25 +206,18 @@ def test_a_failed_batch_has_let_go_of_its_memory_before_it_runs_again() -> None:
     alive: list[weakref.ref[Activations]] = []
     seen_at_release: list[bool] = []
 
-    def model(
-        kind: str,
-        name: str,
-        prompts: list[str],
-        duration: float,
-        device: str,
-        params: Mapping[str, Any],
-        progress: Any,
-    ) -> tuple[npt.NDArray[np.float32], int]:
-        activations = Activations()  # a local of the frame the traceback keeps
-        alive.append(weakref.ref(activations))
-        if len(prompts) > 2:
-            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return np.zeros((len(prompts), 1, RATE), dtype=np.float32), RATE
+    class HoldingModel(FakeModel):
+        def __call__(self, *args: Any) -> tuple[npt.NDArray[np.float32], int]:
+            activations = Activations()  # a local of the frame the traceback keeps
+            alive.append(weakref.ref(activations))
+            return super().__call__(*args)
 
     def release() -> None:
         seen_at_release.append(alive[0]() is None)
 
-    batcher = Batcher(model, max_batch=4, max_wait_s=0.2, release_memory=release)
+    batcher = Batcher(
+        HoldingModel(oom_above=2), max_batch=4, max_wait_s=0.2, release_memory=release
+    )
     for f in submit_all(batcher, [req(f"p-{i}") for i in range(4)]):
         f.result(timeout=10)
     assert seen_at_release == [True]  # released once, after the failed attempt was freed
