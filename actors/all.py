@@ -13,7 +13,7 @@ import logging
 from importlib.metadata import entry_points
 
 from actors import dag, events, generate, lifecycle, mix, store, visualize
-from aimarket.settings import SettingsError, get_settings
+from core.settings import SettingsError, get_settings
 
 __all__ = ["dag", "events", "generate", "lifecycle", "mix", "store", "visualize"]
 

@@ -6,7 +6,7 @@ shell or an external program (no ffmpeg); at most :data:`MAX_AUDIO_BYTES` are re
 source, at most :data:`MAX_AUDIO_S` seconds are decoded (the decoder stops there, so a
 highly compressed file cannot expand without bound), URLs are fetched without following
 redirects and with a timeout, and only from public addresses (the SSRF guard of
-``aimarket.ssrf``, checked right before the fetch, which then goes to the checked address;
+``core.ssrf``, checked right before the fetch, which then goes to the checked address;
 ``AUDIO_URL_ALLOWLIST`` exempts hosts and ranges). This module imports neither torch nor
 audiocraft (the API process uses :func:`decode_audio` for uploads).
 
@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from actors.errors import StageError
-from aimarket.ssrf import UnsafeURL, pinned, safe_addresses
+from core.ssrf import UnsafeURL, pinned, safe_addresses
 
 #: The most bytes read for one input (upload body, stored object or URL response).
 MAX_AUDIO_BYTES = 20 * 1024 * 1024
@@ -103,7 +103,7 @@ async def fetch_audio(ref: str, res: Any) -> tuple[npt.NDArray[np.float32], int]
 
 
 def _read_upload(store: Any, ref: str) -> bytes:
-    from aimarket.local_media import LocalMediaStore
+    from core.local_media import LocalMediaStore
 
     key = upload_key(ref)
     missing = StageError("audio_unavailable", f"no upload {ref!r} (it may have expired)")

@@ -23,11 +23,11 @@ import msgspec
 
 from actors import webhooks
 from actors.resources import Resources, resources
-from aimarket.delays import enqueue_after
-from aimarket.task_view import task_view
+from core.delays import enqueue_after
 from db import stage_runs
 from db.models import Task, TaskStatus
 from db.tasks import get_task
+from tasks.view import task_view
 
 log = logging.getLogger(__name__)
 

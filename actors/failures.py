@@ -15,7 +15,7 @@ import dramatiq
 from dramatiq.middleware import Middleware
 
 from actors.errors import StageError
-from aimarket.state import FAILURE_KEY, FAILURE_TTL_S, MAX_TRACEBACK
+from core.state import FAILURE_KEY, FAILURE_TTL_S, MAX_TRACEBACK
 
 log = logging.getLogger(__name__)
 

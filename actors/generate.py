@@ -20,8 +20,8 @@ from actors.lifecycle import active_task
 from actors.progress import ProgressReporter
 from actors.registry import stage
 from actors.resources import resources
-from aimarket.metrics import observe_generation
-from aimarket.state import blob_key
+from core.metrics import observe_generation
+from core.state import blob_key
 from workflows.limits import MIN_DURATION_S, MIN_TEMPERATURE
 
 Kind = Literal["musicgen", "audiogen"]
@@ -69,7 +69,7 @@ def generate_batch(
 ) -> tuple[npt.NDArray[np.float32], int]:
     """The batcher's model call (a ``GenerateFn``): one ``generate`` over the batch's prompts,
     observed in the generation metrics."""
-    from actors import audio_models
+    from audio import audio_models
 
     started = time.perf_counter()
     audio = audio_models.generate(
@@ -80,13 +80,13 @@ def generate_batch(
 
 
 def _release_memory() -> None:
-    from actors import audio_models
+    from audio import audio_models
 
     audio_models.release_memory()
 
 
 def _generate_seeded(request: Request) -> Clip:
-    from actors import audio_models
+    from audio import audio_models
 
     started = time.perf_counter()
     audio = audio_models.generate(
@@ -113,7 +113,7 @@ async def run_generation(
 ) -> dict[str, Any]:
     """Generate from ``given`` (the stage's evaluated ``input:``: prompt, duration, seed) or,
     without one, from the task's own input."""
-    from actors import audio_models  # heavy: torch + audiocraft
+    from audio import audio_models  # heavy: torch + audiocraft
 
     res = resources()
     # Already running: the stage's start (actors/registry.py) moved the task out of queued.
@@ -197,8 +197,8 @@ async def _generate_from_audio(
     """Continue (``continuation``) or follow the melody of (``melody``) the audio that
     ``audio_ref`` references. A continuation's clip holds the prompt followed by
     ``duration`` new seconds; a melody clip is ``duration`` seconds."""
-    from actors import audio_models
     from actors.audio_input import fetch_audio
+    from audio import audio_models
 
     res = resources()
     samples, rate = await fetch_audio(audio_ref, res)
@@ -232,7 +232,7 @@ async def _generate_from_audio(
 
 
 async def _store_clip(task_id: str, stage_id: str, clip: Clip) -> dict[str, Any]:
-    from actors import audio_models
+    from audio import audio_models
 
     res = resources()
     item = current_item()

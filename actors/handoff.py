@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from aimarket.backends import Media, State
-from aimarket.state import StateUnavailable
+from core.backends import Media, State
+from core.state import StateUnavailable
 
 log = logging.getLogger(__name__)
 

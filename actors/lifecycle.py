@@ -14,10 +14,10 @@ from actors import webhooks
 from actors.errors import StageError, TaskGone
 from actors.registry import stage
 from actors.resources import resources
-from aimarket.delays import enqueue_after
-from aimarket.task_view import task_view
+from core.delays import enqueue_after
 from db.models import CallbackOutcome, Task, TaskStatus
 from db.tasks import finish_task, get_task
+from tasks.view import task_view
 from workflows.compiler import announce_end
 from workflows.inputs import InputError, validate_input
 
@@ -95,7 +95,7 @@ async def callback(
     this worker's own failures, a database that does not answer, say).
 
     A try that fails for a reason worth another (network error, 5xx, 429) queues the next try
-    for its time, the wait held by the broker (aimarket.delays), and this message ends: the
+    for its time, the wait held by the broker (core.delays), and this message ends: the
     stages after it go on, and a worker restarted meanwhile loses nothing. After the last try
     it gives up: ``callback_gave_up`` dead-letters the message (the admin API lists it, and an
     operator can retry it once the receiver is back), and the give-up is counted and recorded.

@@ -18,7 +18,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from actors.errors import StageError
-from aimarket.backends import State
+from core.backends import State
 
 #: Seconds between two published updates of one task (the last step is always published),
 #: and so between two reads of its cancel mark.

@@ -20,8 +20,8 @@ from dramatiq.middleware import CurrentMessage
 
 from actors.errors import StageError
 from actors.resources import resources
-from aimarket.logs import log_context
-from aimarket.metrics import STAGE_DURATION
+from core.logs import log_context
+from core.metrics import STAGE_DURATION
 from db.models import Task, TaskStatus
 from db.tasks import get_task, start_task, utcnow
 
@@ -50,7 +50,7 @@ def stage(
     Each run is recorded in the task's short-lived state (running, done or error), which
     ``GET /v1/tasks/{id}`` shows while the task is in flight, and in the
     ``aimarket_stage_duration_seconds`` metric; its log lines carry the task id, workflow
-    and stage (``aimarket.logs``).
+    and stage (``core.logs``).
     """
 
     def register(fn: StageFn) -> Any:

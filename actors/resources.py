@@ -10,8 +10,8 @@ from functools import cached_property
 import dramatiq
 
 from actors.handoff import Handoff
-from aimarket.backends import Media, State, database_url, make_media, make_state
-from aimarket.settings import Settings, get_settings
+from core.backends import Media, State, database_url, make_media, make_state
+from core.settings import Settings, get_settings
 from db.engine import Database
 from workflows.compiler import Plan, compile_workflow
 from workflows.loader import load_configured

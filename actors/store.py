@@ -7,11 +7,11 @@ import asyncio
 import logging
 from typing import Any
 
-from actors.encode import FORMATS, encode
 from actors.errors import StageError
 from actors.registry import stage
 from actors.resources import resources
-from aimarket.storage import media_key
+from audio.encode import FORMATS, encode
+from core.storage import media_key
 from db.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ async def store(
     """Uploads each generated item under a predictable key and returns its description.
 
     Generated audio (WAV) is first encoded to the task's ``format`` and, with
-    ``loudness_lufs``, normalised (``actors.encode``); the description (content type,
+    ``loudness_lufs``, normalised (``audio.encode``); the description (content type,
     extension, duration, sample rate) is that of the encoded file. Pictures pass through.
 
     Safe to run twice: the key depends only on the task, the output and the format, so a

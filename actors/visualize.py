@@ -9,13 +9,13 @@ from typing import Any
 
 from actors.registry import stage
 from actors.resources import resources
-from aimarket.state import blob_key
+from core.state import blob_key
 
 
 def _pictures(wav: bytes) -> tuple[bytes, bytes]:
     import soundfile as sf
 
-    from actors.render import spectrogram_png, waveform_png
+    from audio.render import spectrogram_png, waveform_png
 
     samples, rate = sf.read(io.BytesIO(wav), dtype="float32", always_2d=True)
     channels_first = samples.T

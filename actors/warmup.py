@@ -14,8 +14,8 @@ import threading
 import time
 from pathlib import Path
 
-from actors import audio_models
-from aimarket.settings import Settings
+from audio import audio_models
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Each delivery is tried on a schedule (CALLBACK_RETRY_SCHEDULE for the terminal callback: the
 one Svix documents by default, 8 tries over about 28 hours; a few quick tries for the
 intermediate events): ``deliver`` makes one try, records what came of it, and says when the
-next is due; its caller queues that next try, the wait held by the broker (aimarket.delays).
+next is due; its caller queues that next try, the wait held by the broker (core.delays).
 
 Each delivery has a ``webhook-id`` that stays the same across its retries (``{task_id}:
 {status}`` for the terminal callback, ``{task_id}:started``, ``{task_id}:progress:...`` for
@@ -30,10 +30,10 @@ from typing import NamedTuple
 import httpx
 
 from actors.resources import Resources
-from aimarket.backends import kept_secret
-from aimarket.metrics import CALLBACK_ATTEMPTS, CALLBACK_FAILURES
-from aimarket.settings import Settings, SettingsError
-from aimarket.ssrf import Unresolvable, UnsafeURL, pinned, safe_addresses
+from core.backends import kept_secret
+from core.metrics import CALLBACK_ATTEMPTS, CALLBACK_FAILURES
+from core.settings import Settings, SettingsError
+from core.ssrf import Unresolvable, UnsafeURL, pinned, safe_addresses
 from db.callbacks import next_attempt, record_attempt
 from db.models import CallbackOutcome
 from db.tasks import utcnow

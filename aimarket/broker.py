@@ -18,9 +18,9 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
-from aimarket.metrics import METRICS_PORT_ENV
-from aimarket.queues import GPU_QUEUES
-from aimarket.settings import Settings
+from core.metrics import METRICS_PORT_ENV
+from core.queues import GPU_QUEUES
+from core.settings import Settings
 
 _broker: dramatiq.Broker | None = None
 
@@ -103,7 +103,7 @@ def setup_broker(settings: Settings, *, publisher: bool = False) -> dramatiq.Bro
 
 def _message_metrics() -> dramatiq.Middleware:
     """Dramatiq's Prometheus middleware without its own HTTP server (port 9191): its samples
-    go to PROMETHEUS_MULTIPROC_DIR, which ``aimarket.metrics.serve_worker_metrics`` serves."""
+    go to PROMETHEUS_MULTIPROC_DIR, which ``core.metrics.serve_worker_metrics`` serves."""
     from dramatiq.middleware.prometheus import Prometheus
 
     class MessageMetrics(Prometheus):

@@ -11,9 +11,9 @@ from typing import NoReturn
 import click
 import msgspec
 
-from aimarket.queues import ALL_QUEUES, GPU_QUEUES
-from aimarket.random_models import SHAPES, make_random, make_tiny
-from aimarket.settings import SettingsError, get_settings
+from audio.random_models import SHAPES, make_random, make_tiny
+from core.queues import ALL_QUEUES, GPU_QUEUES
+from core.settings import SettingsError, get_settings
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -151,11 +151,11 @@ def _worker_metrics(port: int) -> list[str]:
     # middleware (aimarket.broker) writes its message metrics to the same folder.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
     os.environ["dramatiq_prom_db"] = folder  # noqa: SIM112 (the name Dramatiq reads)
-    from aimarket.metrics import METRICS_PORT_ENV, prepare_multiprocess_dir
+    from core.metrics import METRICS_PORT_ENV, prepare_multiprocess_dir
 
     prepare_multiprocess_dir(folder)
     os.environ[METRICS_PORT_ENV] = str(port)
-    return ["--fork-function", "aimarket.metrics:serve_worker_metrics"]
+    return ["--fork-function", "core.metrics:serve_worker_metrics"]
 
 
 @main.command()

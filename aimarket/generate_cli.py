@@ -17,8 +17,8 @@ from typing import Any, TextIO
 
 import msgspec
 
-from aimarket.settings import Settings
-from aimarket.task_view import TaskOut
+from core.settings import Settings
+from tasks.view import TaskOut
 
 #: Seconds between two looks at the task's progress.
 POLL_S = 0.1
@@ -143,7 +143,7 @@ async def _run(
     stream: TextIO,
 ) -> Result:
     from actors.resources import use_settings
-    from api.embedded import start_worker, stop_worker
+    from aimarket.embedded import start_worker, stop_worker
     from api.errors import ApiError
     from api.schemas import CreateTask
     from api.services import Services
@@ -178,7 +178,7 @@ async def _run(
                 break
             await asyncio.sleep(POLL_S)
         bar.done()
-        from aimarket.task_view import task_view
+        from tasks.view import task_view
 
         view = task_view(row, services.store)
         if row.status != TaskStatus.SUCCEEDED:

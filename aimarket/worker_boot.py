@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 
 from aimarket.broker import setup_broker
-from aimarket.logs import configure_root, quiet_libraries
-from aimarket.settings import get_settings
+from core.logs import configure_root, quiet_libraries
+from core.settings import get_settings
 from workflows.compiler import compile_workflow, declare_queues
 
 settings = get_settings()

@@ -8,8 +8,8 @@ from logging.config import fileConfig
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from aimarket.settings import get_settings
 from alembic import context
+from core.settings import get_settings
 from db.models import Base
 
 config = context.config

@@ -44,12 +44,12 @@ from litestar.exceptions import NotAuthorizedException, NotFoundException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import Parameter
 
-from aimarket.settings import Settings, SettingsError
-from aimarket.sweep import Sweeper, SweepReport
 from api.errors import ApiError, error_response
 from api.services import ServicesDep
+from core.settings import Settings, SettingsError
 from db.models import Task, TaskStatus
 from db.tasks import get_task, reopen_task
+from tasks.sweep import Sweeper, SweepReport
 
 log = logging.getLogger(__name__)
 

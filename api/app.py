@@ -18,15 +18,11 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from actors.resources import use_settings
-from aimarket.backends import database_url, describe
 from aimarket.broker import is_embedded
-from aimarket.logs import bind, litestar_logging, route_uvicorn_to_root
-from aimarket.settings import Settings, get_settings
-from aimarket.sweep import Sweeper, make_marks
+from aimarket.embedded import resume_unfinished, start_worker, stop_worker
 from api.admin import admin_router, check_admin_token
 from api.auth import require_token
 from api.cancel import cancel_task
-from api.embedded import resume_unfinished, start_worker, stop_worker
 from api.errors import HANDLERS
 from api.health import live, ready
 from api.media import media
@@ -41,7 +37,11 @@ from api.stats import stats
 from api.tasks import IDEMPOTENCY_HEADER, TaskController
 from api.uploads import upload_audio
 from api.workflows import list_workflows
+from core.backends import database_url, describe
+from core.logs import bind, litestar_logging, route_uvicorn_to_root
+from core.settings import Settings, get_settings
 from db.migrate import upgrade
+from tasks.sweep import Sweeper, make_marks
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
 async def bind_request_context(request: Request[Any, Any, Any]) -> None:
     """``before_request`` hook of the /v1 router: the request's task id, user and workflow go
-    into the log context (see ``aimarket.logs``) of the handler."""
+    into the log context (see ``core.logs``) of the handler."""
     fields: dict[str, Any] = {
         "task_id": request.path_params.get("task_id"),
         "user_id": request.query_params.get("user_id"),

@@ -18,12 +18,12 @@ from typing import Any
 from litestar import Response, post
 from litestar.status_codes import HTTP_202_ACCEPTED
 
-from aimarket.task_view import TaskOut, task_view
 from api.errors import ApiError, error_response
 from api.scope import find_task
 from api.services import ServicesDep
 from db.models import TaskStatus
 from db.tasks import finish_task, get_task
+from tasks.view import TaskOut, task_view
 from workflows.compiler import announce_end
 
 log = logging.getLogger(__name__)

@@ -30,10 +30,10 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from sqlalchemy import select
 
-from aimarket.backends import State
-from aimarket.metrics import TASKS_REFUSED, QueueCounts
-from aimarket.settings import Settings
 from api.errors import ApiError
+from core.backends import State
+from core.metrics import TASKS_REFUSED, QueueCounts
+from core.settings import Settings
 from db.engine import Database
 from db.models import Task, TaskStatus
 from workflows.compiler import Plan

@@ -7,9 +7,9 @@ from litestar import get
 from litestar.exceptions import NotAuthorizedException, NotFoundException
 from litestar.response import File
 
-from aimarket.local_media import LocalMediaStore
 from api.errors import error_response
 from api.services import ServicesDep
+from core.local_media import LocalMediaStore
 
 #: The types the store stage writes (mimetypes would say audio/x-wav).
 CONTENT_TYPES = {

@@ -21,8 +21,8 @@ from litestar.plugins.prometheus import PrometheusConfig
 from litestar.status_codes import HTTP_202_ACCEPTED
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from aimarket.metrics import QUEUE_DEPTH, TASKS_SUBMITTED, QueueCounts
-from aimarket.task_view import TaskOut
+from core.metrics import QUEUE_DEPTH, TASKS_SUBMITTED, QueueCounts
+from tasks.view import TaskOut
 
 #: HTTP request count and latency by method, route template and status.
 PROMETHEUS = PrometheusConfig(

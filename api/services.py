@@ -11,10 +11,10 @@ import dramatiq
 from litestar.di import NamedDependency
 
 from actors.webhooks import secret_key, webhook_secret
-from aimarket.backends import Media, State, api_token, database_url, make_media, make_state
 from aimarket.broker import setup_broker
-from aimarket.settings import Settings
 from api.limits import Limits
+from core.backends import Media, State, api_token, database_url, make_media, make_state
+from core.settings import Settings
 from db.engine import Database
 from workflows.compiler import Plan, compile_workflow, declare_queues
 from workflows.loader import load_configured

@@ -18,16 +18,16 @@ from litestar.params import Parameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
-from aimarket.settings import Settings
-from aimarket.ssrf import Unresolvable, UnsafeURL, check_url
-from aimarket.task_view import TaskList, TaskOut, task_view
 from api.errors import ApiError, error_response
 from api.schemas import CreateTask
 from api.scope import find_task, scoped_user, user_id_parameter
 from api.services import ServicesDep
+from core.settings import Settings
+from core.ssrf import Unresolvable, UnsafeURL, check_url
 from db import callbacks, idempotency, stage_runs
 from db.models import CallbackOutcome, Task, TaskStatus
 from db.tasks import finish_task, get_task, insert_task, recent_tasks, utcnow
+from tasks.view import TaskList, TaskOut, task_view
 from workflows.inputs import InputError, validate_input
 from workflows.spec import Workflow
 
@@ -100,7 +100,7 @@ async def _refuse_unsafe(
     what: str = "callback_url",
     setting: str = "CALLBACK_ALLOWLIST",
 ) -> None:
-    """A 422 ``code`` naming ``field`` when ``url`` is unsafe to call (aimarket.ssrf, whose
+    """A 422 ``code`` naming ``field`` when ``url`` is unsafe to call (core.ssrf, whose
     messages name ``what`` and ``setting``). A host that does not resolve now is accepted:
     the request checks it again right before it is made (and a callback retries)."""
     check = partial(check_url, url, allowlist, what=what, setting=setting)

@@ -47,7 +47,7 @@ async def _read_body(request: Request[Any, Any, Any]) -> bytes:
 
 
 def _check_and_encode(data: bytes) -> tuple[bytes, float, int]:
-    from actors.audio_models import encode_wav  # numpy + soundfile only, no torch
+    from audio.audio_models import encode_wav  # numpy + soundfile only, no torch
 
     samples, rate = decode_audio(data, MAX_AUDIO_S)
     return encode_wav(samples, rate), samples.shape[-1] / rate, rate

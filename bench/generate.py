@@ -9,7 +9,7 @@ against calling audiocraft directly, all in one run.
 Phases, same model, same prompts and durations:
 
 1. **direct**: ``generate`` on a batch of each size in ``--batches`` (default ``1,BATCH``) in
-   this process, through the service's own model layer (``actors.audio_models``): the ceiling,
+   this process, through the service's own model layer (``audio.audio_models``): the ceiling,
    and what batching buys with no service around it.
 2. **service**, for each size in ``--service-batches`` (default ``1,BATCH``): ``aimarket
    serve`` (embedded mode: in-process queue, SQLite, local media) with ``BATCH_MAX_SIZE`` at
@@ -73,7 +73,7 @@ def direct(
     precision: str,
 ) -> dict[str, Any]:
     """Audio seconds per second of ``generate`` at each batch size (best of ``rounds``)."""
-    from actors import audio_models
+    from audio import audio_models
 
     audio_models.set_precision(precision)
     audio_models.generate(kind, str(model_dir), ["warm up"], 1.0)  # type: ignore[arg-type]
@@ -320,7 +320,7 @@ def main() -> int:
         work = Path(tmp)
         model_dir = args.model
         if model_dir is None:
-            from aimarket.random_models import make_tiny
+            from audio.random_models import make_tiny
 
             model_dir = make_tiny(work / "model", args.kind)
         report: dict[str, Any] = {

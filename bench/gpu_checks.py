@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from actors import audio_models
 from actors.batching import Batcher, Request
 from actors.generate import generate_batch
+from audio import audio_models
 
 GIB = 1024**3
 

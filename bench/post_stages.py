@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from actors.audio_models import encode_wav
-from actors.encode import encode
 from actors.visualize import _pictures
+from audio.audio_models import encode_wav
+from audio.encode import encode
 
 FORMATS = ("wav", "flac", "ogg", "opus", "mp3")
 

@@ -8,7 +8,7 @@ For each precision (``--precisions``, default ``fp32,bf16`` on CPU and ``auto,bf
 where ``auto`` is audiocraft's float16) it loads the checkpoint through the service's model
 layer and times ``generate`` at each batch size, best of ``--rounds``; then it measures how
 far the faster precision's next-token distributions are from the first one's on the same
-codes and prompts (``actors.precision.closeness``). It prints one table and the throughput
+codes and prompts (``audio.precision.closeness``). It prints one table and the throughput
 ratios against the first precision; ``--json`` prints the report as JSON.
 """
 
@@ -22,8 +22,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from actors import audio_models
-from actors.precision import closeness
+from audio import audio_models
+from audio.precision import closeness
 from bench.generate import direct, machine, model_name, sizes
 
 

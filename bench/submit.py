@@ -644,8 +644,8 @@ async def measure_bare(
     env: dict[str, str], args: argparse.Namespace, run_tag: str, api_pid: int
 ) -> list[Phase]:
     """The API's per-task work without HTTP: validate, INSERT + commit, confirmed publish."""
-    from aimarket.settings import load_settings
     from api.services import Services
+    from core.settings import load_settings
     from db.models import Task, TaskStatus
     from db.tasks import insert_task, utcnow
     from workflows.inputs import validate_input

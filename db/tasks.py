@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
-from aimarket.metrics import TASKS_FINISHED
+from core.metrics import TASKS_FINISHED
 from db.engine import Database
 from db.models import Task, TaskStatus
 

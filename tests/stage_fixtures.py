@@ -12,7 +12,7 @@ from dramatiq.middleware import CurrentMessage
 
 from actors.registry import stage
 from actors.resources import resources
-from aimarket.state import OUTAGE_ERRORS
+from core.state import OUTAGE_ERRORS
 
 
 async def count(task_id: str, stage_id: str) -> int:

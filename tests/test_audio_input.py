@@ -20,8 +20,8 @@ import soundfile as sf
 
 from actors.audio_input import MAX_AUDIO_BYTES, decode_audio, fetch_audio
 from actors.errors import StageError
-from aimarket.settings import Settings
 from api.uploads import MAX_UPLOAD_BYTES
+from core.settings import Settings
 from tests.conftest import TOKEN, Api, Receiver, free_port
 from workflows.inputs import InputError, input_json_schema, validate_input
 from workflows.loader import check_file
@@ -196,7 +196,7 @@ def test_audio_urls_to_non_public_addresses_are_refused_before_any_connection(
 
 
 def test_generate_continuation_keeps_the_prompt(tiny_models: dict[str, Path]) -> None:
-    from actors import audio_models
+    from audio import audio_models
 
     prompt, _ = decode_audio(wav_bytes(1.0, 16000))
     steps: list[tuple[int, int]] = []
@@ -221,7 +221,7 @@ def test_generate_continuation_keeps_the_prompt(tiny_models: dict[str, Path]) ->
 def test_one_frame_continues_a_prompt_that_ends_mid_frame(tiny_models: dict[str, Path]) -> None:
     """EnCodec pads such a prompt to a whole frame; counted in seconds, it plus one frame of
     new audio came to no new frame, and audiocraft failed an assertion."""
-    from actors import audio_models
+    from audio import audio_models
 
     prompt, _ = decode_audio(wav_bytes(1.01, 16000))
     audio = audio_models.generate_continuation(
@@ -231,7 +231,7 @@ def test_one_frame_continues_a_prompt_that_ends_mid_frame(tiny_models: dict[str,
 
 
 def test_generate_melody_needs_a_melody_checkpoint(tiny_models: dict[str, Path]) -> None:
-    from actors import audio_models
+    from audio import audio_models
 
     melody, _ = decode_audio(wav_bytes(1.0, 16000))
     with pytest.raises(audio_models.ModelUnsupported, match="melody"):

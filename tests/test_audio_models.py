@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from actors import audio_models as am
-from aimarket.random_models import make_tiny
+from audio import audio_models as am
+from audio.random_models import make_tiny
 from workflows.limits import MIN_DURATION_S
 
 SAMPLE_RATES = {"musicgen": 32000, "audiogen": 16000}
@@ -167,7 +167,7 @@ def test_configure_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
 
 def test_import_does_not_load_torch() -> None:
     code = (
-        "import sys, actors.audio_models, aimarket.random_models; "
+        "import sys, audio.audio_models, audio.random_models; "
         "assert 'torch' not in sys.modules and 'audiocraft' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from aimarket.delays import wait_queue
+from core.delays import wait_queue
 from tests.conftest import (
     TOKEN,
     Deployment,

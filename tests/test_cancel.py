@@ -20,7 +20,7 @@ import redis
 from actors.batching import Batcher, Request
 from actors.errors import StageError
 from actors.progress import MIN_INTERVAL_S, ProgressReporter, TaskCancelled
-from aimarket.memory_state import MemoryState
+from core.memory_state import MemoryState
 from tests.conftest import Proc, Receiver
 
 

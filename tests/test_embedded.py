@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from aimarket.local_media import LocalMediaStore
-from aimarket.settings import Settings
+from core.local_media import LocalMediaStore
+from core.settings import Settings
 from tests.conftest import TOKEN, Api, Receiver, embedded_env, serve, stop
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}

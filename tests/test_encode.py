@@ -1,4 +1,4 @@
-"""Output encoding (actors.encode): every format round-trips through libsndfile's decoders with
+"""Output encoding (audio.encode): every format round-trips through libsndfile's decoders with
 the right length, rate and channels, and loudness normalisation reaches its target without
 clipping."""
 
@@ -12,8 +12,8 @@ import pyloudnorm
 import pytest
 import soundfile as sf
 
-from actors.encode import FORMATS, encode
 from actors.store import EXTENSIONS, requested_encoding
+from audio.encode import FORMATS, encode
 
 CONTENT_TYPES = {
     "wav": "audio/wav",

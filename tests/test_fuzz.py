@@ -39,10 +39,10 @@ from schemathesis.specs.openapi.schemas import OpenApiSchema
 import actors.resources
 import aimarket.broker
 import api.uploads as api_uploads
-from aimarket.local_media import sign
-from aimarket.settings import load_settings
-from aimarket.sweep import SweepReport
 from api.services import Services
+from core.local_media import sign
+from core.settings import load_settings
+from tasks.sweep import SweepReport
 from tests.conftest import TOKEN, free_port, serve, stop
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}

@@ -15,7 +15,7 @@ import httpx
 import pika
 import pytest
 
-from aimarket.logs import ContextFilter, JsonFormatter, bind, log_context
+from core.logs import ContextFilter, JsonFormatter, bind, log_context
 from tests.conftest import BIN, TOKEN, Api, free_port, start, stop
 
 

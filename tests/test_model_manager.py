@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from actors import audio_models
+from audio import audio_models
 from tests.conftest import BIN, start, stop
 
 

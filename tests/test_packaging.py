@@ -1,7 +1,7 @@
 """Static checks of the deployment files: compose.yml, Containerfile and .env.example.
 
 Nothing here builds or starts a container; the checks fail when these files drift away from
-each other or from ``aimarket.settings.Settings``.
+each other or from ``core.settings.Settings``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 import yaml
 from dotenv import dotenv_values
 
-from aimarket.settings import Settings, load_settings
+from core.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose.yml"
@@ -187,7 +187,7 @@ def test_cpu_worker_takes_the_other_queues(services: dict[str, dict[str, Any]]) 
 
 
 def test_every_queue_has_a_worker(services: dict[str, dict[str, Any]]) -> None:
-    from aimarket.queues import ALL_QUEUES, GPU_QUEUES
+    from core.queues import ALL_QUEUES, GPU_QUEUES
 
     consumed = {name: queues(s) for name, s in services.items() if command(s)[:1] == ["worker"]}
     assert set().union(*consumed.values()) >= set(ALL_QUEUES)

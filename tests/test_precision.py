@@ -12,10 +12,10 @@ import httpx
 import numpy as np
 import pytest
 
-from actors import audio_models
-from actors.precision import PRECISIONS, closeness
-from aimarket.random_models import make_random
-from aimarket.settings import Settings
+from audio import audio_models
+from audio.precision import PRECISIONS, closeness
+from audio.random_models import make_random
+from core.settings import Settings
 from tests.conftest import TOKEN, Receiver, embedded_env, serve, stop
 
 #: The bound on how far bfloat16 moves the next-token distributions from float32's, as total

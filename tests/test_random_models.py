@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from actors import audio_models
-from aimarket.random_models import RELEASED, SHAPES, compression_config, lm_config
+from audio import audio_models
+from audio.random_models import RELEASED, SHAPES, compression_config, lm_config
 from tests.conftest import BIN
 
 #: Parameters of the released checkpoints' LMs (audiocraft's "300M" and "1.5B" count the

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from aimarket.state import OUTAGE_RETRY_S
+from core.state import OUTAGE_RETRY_S
 from tests.conftest import TOKEN, Deployment, Receiver, deploy, free_port, fresh_vhost, need
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}

@@ -12,7 +12,7 @@ import zlib
 import numpy as np
 import pytest
 
-from actors.render import (
+from audio.render import (
     WAVE_BACKGROUND,
     WAVE_CENTRE,
     WAVE_FOREGROUND,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from aimarket.settings import Settings, SettingsError, load_settings
+from core.settings import Settings, SettingsError, load_settings
 
 
 def test_original_defaults() -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from aimarket.settings import load_settings
-from aimarket.storage import MediaStore
+from core.settings import load_settings
+from core.storage import MediaStore
 from tests.conftest import BIN, ROOT, Api, free_port, serve, start, stop
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from aimarket.settings import Settings, SettingsError
-from aimarket.storage import MediaStore, media_key
+from core.settings import Settings, SettingsError
+from core.storage import MediaStore, media_key
 
 
 def settings_for(endpoint: str, **extra: object) -> Settings:

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 import tests.test_admin as admin_tests
-from aimarket.sweep import LOCK_KEY, RESUMED_KEY, RedisMarks
+from tasks.sweep import LOCK_KEY, RESUMED_KEY, RedisMarks
 from tests.conftest import TOKEN, Api, Receiver, embedded_env, serve, stop
 from tests.test_admin import ADMIN_TOKEN, AdminStack, insert_task, runs, submit, wait_for_status
 

@@ -25,8 +25,8 @@ import httpx
 import pytest
 
 from actors.webhooks import secret_key, sign, webhook_secret
-from aimarket.settings import Settings, SettingsError, load_settings
-from aimarket.ssrf import Allowlist, Unresolvable, UnsafeURL, check_url
+from core.settings import Settings, SettingsError, load_settings
+from core.ssrf import Allowlist, Unresolvable, UnsafeURL, check_url
 from tests.conftest import TOKEN, Api, Receiver, embedded_env, free_port, serve, stop
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()

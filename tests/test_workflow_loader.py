@@ -21,7 +21,7 @@ import msgspec
 import pytest
 import yaml
 
-from aimarket.settings import Settings
+from core.settings import Settings
 from workflows.diagnostics import Diagnostic, WorkflowError
 from workflows.expressions import (
     FUNCTION_NAMES,

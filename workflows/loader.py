@@ -76,7 +76,7 @@ import msgspec
 import yaml
 from yaml.constructor import SafeConstructor
 
-from aimarket.settings import Settings
+from core.settings import Settings
 from workflows.diagnostics import Diagnostic, Severity, WorkflowError, has_errors
 from workflows.expressions import (
     CONTEXT_KEYS,

@@ -41,7 +41,7 @@ from actors.dag import current_item
 from actors.errors import StageError
 from actors.registry import stage
 from actors.resources import resources
-from aimarket.state import blob_key
+from core.state import blob_key
 
 __all__ = ["DEFAULT_SECONDS", "apply"]
 

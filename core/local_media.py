@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from aimarket.settings import Settings
+from core.settings import Settings
 
 
 def signing_key(data_dir: Path) -> bytes:

@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any
 
-from aimarket.state import BLOB_TTL_S
+from core.state import BLOB_TTL_S
 
 
 class MemoryState:

@@ -33,7 +33,7 @@ def enqueue_after(broker: dramatiq.Broker, message: dramatiq.Message[Any], delay
     blocking: call it from a thread.
 
     The in-process broker (embedded mode) has nothing that outlives the process: its own delay
-    is used, and the next start queues again what a restart lost (api/embedded.py).
+    is used, and the next start queues again what a restart lost (aimarket/embedded.py).
     """
     delay_ms = max(0, round(delay_s * 1000))
     if not isinstance(broker, RabbitmqBroker) or delay_ms == 0:

@@ -9,7 +9,7 @@ import boto3
 from botocore.client import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from aimarket.settings import Settings, SettingsError
+from core.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 ModelKind = Literal["musicgen", "audiogen"]
 
-#: Files of a released (or ``aimarket.random_models``) checkpoint directory.
+#: Files of a released (or ``audio.random_models``) checkpoint directory.
 CHECKPOINT_FILES = ("state_dict.bin", "compression_state_dict.bin")
 
 
@@ -32,7 +32,7 @@ def _looks_local(name: str) -> bool:
 
 def load_checkpoint(kind: ModelKind, name_or_dir: str, device: str) -> Any:
     """Load a MusicGen/AudioGen model from a hub name or a checkpoint folder onto ``device``
-    (uncached: :func:`actors.audio_models.load_model` keeps one per process).
+    (uncached: :func:`audio.audio_models.load_model` keeps one per process).
 
     Raises :class:`ModelLoadError` for a missing directory, a missing checkpoint file, an
     unknown or unreachable hub name, or a checkpoint that does not load.

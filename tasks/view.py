@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from aimarket.backends import Media
+from core.backends import Media
 from db.models import StageRun, Task
 
 

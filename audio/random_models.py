@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from actors.checkpoints import ModelKind
+    from audio.checkpoints import ModelKind
 
 README = """\
 RANDOM {like} checkpoint written by `aimarket models make-random` (seed {seed}).

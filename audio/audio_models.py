@@ -7,7 +7,7 @@ What a caller must know:
   import torch.
 * ``name_or_dir`` is what the settings hold (``MUSIC_GEN_MODEL`` / ``AUDIO_GEN_MODEL``): a
   hub name such as ``facebook/musicgen-small`` or a local checkpoint directory holding
-  ``state_dict.bin`` and ``compression_state_dict.bin`` (see ``aimarket.random_models``).
+  ``state_dict.bin`` and ``compression_state_dict.bin`` (see ``audio.random_models``).
 * Every failure to load raises :class:`ModelLoadError`, whose message names the setting
   value; map it to the task error code ``model_unavailable``.
 * Models are cached per process, one per (kind, name_or_dir, resolved device, precision);
@@ -34,10 +34,10 @@ import numpy as np
 import numpy.typing as npt
 
 # Re-exported (`X as X`): callers catch audio_models.ModelLoadError wherever they generate.
-from actors.checkpoints import ModelKind as ModelKind
-from actors.checkpoints import ModelLoadError as ModelLoadError
-from actors.checkpoints import load_checkpoint
-from actors.precision import PRECISIONS, Precision, PrecisionUnsupported, apply_precision
+from audio.checkpoints import ModelKind as ModelKind
+from audio.checkpoints import ModelLoadError as ModelLoadError
+from audio.checkpoints import load_checkpoint
+from audio.precision import PRECISIONS, Precision, PrecisionUnsupported, apply_precision
 
 log = logging.getLogger(__name__)
 

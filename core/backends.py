@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from aimarket.settings import Settings
+from core.settings import Settings
 
 
 class State(Protocol):
@@ -120,12 +120,12 @@ def make_state(settings: Settings) -> State:
     global _memory_state
     url = settings.redis_url
     if url is not None:
-        from aimarket.state import TaskState
+        from core.state import TaskState
 
         return TaskState.from_url(url, settings.result_ttl)
     with _memory_lock:
         if _memory_state is None:
-            from aimarket.memory_state import MemoryState
+            from core.memory_state import MemoryState
 
             _memory_state = MemoryState(settings.result_ttl)
         return _memory_state
@@ -133,9 +133,9 @@ def make_state(settings: Settings) -> State:
 
 def make_media(settings: Settings) -> Media:
     if settings.s3_configured:
-        from aimarket.storage import MediaStore
+        from core.storage import MediaStore
 
         return MediaStore(settings)
-    from aimarket.local_media import LocalMediaStore
+    from core.local_media import LocalMediaStore
 
     return LocalMediaStore(settings)

@@ -9,12 +9,12 @@ import anyio.to_thread
 import dramatiq
 
 from actors.warmup import configure_models
-from aimarket.delays import enqueue_after
-from aimarket.sweep import RESEND_WINDOW_S
 from api.services import Services
+from core.delays import enqueue_after
 from db.callbacks import pending_deliveries
 from db.models import TaskStatus
 from db.tasks import finish_task, unfinished_tasks, utcnow
+from tasks.sweep import RESEND_WINDOW_S
 from workflows.compiler import CALLBACK_ACTOR
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ and the tasks that **ended without their client being told**: ended more than
 died between ending the task, by a cancel or this sweep, and queueing its callback): the
 callback is queued (``told``); and those whose callback's last try asked for another that
 has not come ``TELL_AFTER_S`` past its time (its message was lost: a queue purged by hand; an
-embedded restart queues its waiting tries itself, api/embedded.py): the try is queued
+embedded restart queues its waiting tries itself, aimarket/embedded.py): the try is queued
 (``resent``). Receivers drop a duplicate
 by its ``webhook-id``.
 
@@ -50,10 +50,10 @@ from typing import Any, Literal, Protocol
 import dramatiq
 import msgspec
 
-from aimarket.backends import State
-from aimarket.metrics import SWEEP_ACTIONS, QueueCounts
-from aimarket.settings import Settings
-from aimarket.state import OUTAGE_ERRORS
+from core.backends import State
+from core.metrics import SWEEP_ACTIONS, QueueCounts
+from core.settings import Settings
+from core.state import OUTAGE_ERRORS
 from db import stage_runs
 from db.callbacks import pending_deliveries
 from db.engine import Database
