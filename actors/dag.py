@@ -17,13 +17,14 @@ from typing import Any
 
 import dramatiq
 
-from actors.errors import StageError
-from actors.resources import Resources, resources
+from actors.context import StageContext, StageFn
+from actors.resources import Resources
+from core.errors import StageError
 from db import stage_runs
 from db.models import RunStatus, Task, TaskStatus
 from db.stage_runs import STAGE
 from db.tasks import finish_task, get_task
-from workflows.compiler import RESUME_ACTOR, START_ACTOR, Plan, Step
+from workflows.compiler import Plan, Step
 from workflows.expressions import ExpressionError, evaluate, truthy
 
 log = logging.getLogger(__name__)
@@ -197,12 +198,12 @@ async def item_done(res: Resources, plan: Plan, step: Step, task_id: str) -> Non
             await advance(res, plan, task_id)
 
 
-async def run_stage(fn: Any, task_id: str, workflow: str, stage_id: str, item: int) -> None:
+async def run_stage(fn: StageFn, ctx: StageContext, item: int) -> None:
     """Run one DAG stage (or one foreach item) and move the run forward."""
-    res = resources()
-    plan = res.plans[workflow]
+    res, task_id, stage_id = ctx.res, ctx.task_id, ctx.stage_id
+    plan = res.plans[ctx.workflow]
     step = plan.step(stage_id)
-    task = await get_task(res.db, task_id)
+    task = await ctx.task_row()
     if task is None or task.status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
         return  # the task ended (another branch failed, or it was cancelled)
     if not await stage_runs.start(res.db, task_id, stage_id, item):
@@ -214,7 +215,7 @@ async def run_stage(fn: Any, task_id: str, workflow: str, stage_id: str, item: i
     value = await stage_input(res, plan, step, task, item, items)
     token = _ITEM.set(item)
     try:
-        result = await fn(task_id, workflow, stage_id, value)
+        result = await fn(ctx, value)
     finally:
         _ITEM.reset(token)
     if item >= 0:
@@ -223,31 +224,3 @@ async def run_stage(fn: Any, task_id: str, workflow: str, stage_id: str, item: i
     else:
         await stage_runs.finish(res.db, task_id, stage_id, STAGE, RunStatus.SUCCEEDED, result)
         await advance(res, plan, task_id)
-
-
-@dramatiq.actor(actor_name=START_ACTOR, queue_name="default", max_retries=10, min_backoff=500)
-async def start(task_id: str, workflow: str) -> None:
-    """Starts a DAG run: queues its root stages."""
-    res = resources()
-    await advance(res, res.plans[workflow], task_id)
-
-
-@dramatiq.actor(actor_name=RESUME_ACTOR, queue_name="default", max_retries=10, min_backoff=500)
-async def resume(task_id: str, workflow: str) -> None:
-    """Re-sends the runs a stopped process had queued or started, then advances.
-
-    Only for a queue that lost its messages: elsewhere the broker still holds them, and
-    sending them again would run those stages twice.
-    """
-    res = resources()
-    plan = res.plans[workflow]
-    for run in await stage_runs.runs(res.db, task_id):
-        if run.stage_id in plan._index and RunStatus(run.status) in (
-            RunStatus.QUEUED,
-            RunStatus.RUNNING,
-        ):
-            step = plan.step(run.stage_id)
-            if run.item == STAGE and step.stage.foreach:
-                continue  # its items carry the work
-            await send(res, step.message(plan.workflow.name, task_id, dag_arg(run.item)))
-    await advance(res, plan, task_id)

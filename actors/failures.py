@@ -14,7 +14,7 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import Middleware
 
-from actors.errors import StageError
+from core.errors import StageError
 from core.state import FAILURE_KEY, FAILURE_TTL_S, MAX_TRACEBACK
 
 log = logging.getLogger(__name__)

@@ -14,12 +14,12 @@ import numpy.typing as npt
 
 from actors import events
 from actors.batching import Batcher, Clip, Progress, Request
+from actors.context import StageContext
 from actors.dag import current_item
-from actors.errors import StageError
-from actors.lifecycle import active_task
 from actors.progress import ProgressReporter
 from actors.registry import stage
 from actors.resources import resources
+from core.errors import StageError
 from core.metrics import observe_generation
 from core.state import blob_key
 from workflows.limits import MIN_DURATION_S, MIN_TEMPERATURE
@@ -108,17 +108,15 @@ def model_setting(kind: Kind) -> str:
     return settings.music_gen_model if kind == "musicgen" else settings.audio_gen_model
 
 
-async def run_generation(
-    kind: Kind, task_id: str, workflow: str, stage_id: str, given: Any = None
-) -> dict[str, Any]:
+async def run_generation(kind: Kind, ctx: StageContext, given: Any = None) -> dict[str, Any]:
     """Generate from ``given`` (the stage's evaluated ``input:``: prompt, duration, seed) or,
     without one, from the task's own input."""
     from audio import audio_models  # heavy: torch + audiocraft
 
-    res = resources()
-    # Already running: the stage's start (actors/registry.py) moved the task out of queued.
-    task = await active_task(task_id)
-    params = res.stage(workflow, stage_id).params
+    res, task_id, stage_id = ctx.res, ctx.task_id, ctx.stage_id
+    # Already running: the stage's start (tasks.lifecycle.decide) moved it out of queued.
+    task = await ctx.active_task()
+    params = res.stage(ctx.workflow, stage_id).params
     model_ref = str(params.get("model") or model_setting(kind))
     inputs = given if isinstance(given, dict) and "prompt" in given else task.input
     prompt, duration = str(inputs["prompt"]), float(inputs["duration"])
@@ -126,7 +124,7 @@ async def run_generation(
     _check_floors(duration, inputs)
 
     async def milestone(fraction: float) -> None:
-        await events.emit(res, task, "progress", f"progress:{stage_id}:{round(fraction * 100)}")
+        await res.lifecycle.emit(task, "progress", f"progress:{stage_id}:{round(fraction * 100)}")
 
     progress = ProgressReporter(
         res.state,
@@ -197,8 +195,8 @@ async def _generate_from_audio(
     """Continue (``continuation``) or follow the melody of (``melody``) the audio that
     ``audio_ref`` references. A continuation's clip holds the prompt followed by
     ``duration`` new seconds; a melody clip is ``duration`` seconds."""
-    from actors.audio_input import fetch_audio
     from audio import audio_models
+    from audio.audio_input import fetch_audio
 
     res = resources()
     samples, rate = await fetch_audio(audio_ref, res)
@@ -250,16 +248,12 @@ async def _store_clip(task_id: str, stage_id: str, clip: Clip) -> dict[str, Any]
 
 
 @stage("audio.musicgen", queue="musicgen", outputs=("media",), priority=GENERATION_PRIORITY)
-async def musicgen(
-    task_id: str, workflow: str, stage_id: str, previous: Any = None
-) -> dict[str, Any]:
+async def musicgen(ctx: StageContext, previous: Any = None) -> dict[str, Any]:
     """Text to music with the MUSIC_GEN_MODEL checkpoint (or the stage's ``params.model``)."""
-    return await run_generation("musicgen", task_id, workflow, stage_id, previous)
+    return await run_generation("musicgen", ctx, previous)
 
 
 @stage("audio.audiogen", queue="audiogen", outputs=("media",), priority=GENERATION_PRIORITY)
-async def audiogen(
-    task_id: str, workflow: str, stage_id: str, previous: Any = None
-) -> dict[str, Any]:
+async def audiogen(ctx: StageContext, previous: Any = None) -> dict[str, Any]:
     """Text to sound effects with the AUDIO_GEN_MODEL checkpoint (or ``params.model``)."""
-    return await run_generation("audiogen", task_id, workflow, stage_id, previous)
+    return await run_generation("audiogen", ctx, previous)

@@ -9,10 +9,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from actors.context import StageContext
 from actors.dag import current_item
-from actors.errors import StageError
 from actors.registry import stage
 from actors.resources import resources
+from core.errors import StageError
 from core.state import blob_key
 
 
@@ -49,11 +50,10 @@ def mix_wavs(wavs: list[bytes], levels: list[float]) -> tuple[bytes, int, float]
 
 
 @stage("audio.mix", outputs=("media",))
-async def mix(
-    task_id: str, workflow: str, stage_id: str, given: dict[str, Any] | None = None
-) -> dict[str, Any]:
+async def mix(ctx: StageContext, given: dict[str, Any] | None = None) -> dict[str, Any]:
     """Input ``tracks`` (media items of earlier stages) and ``levels`` (one per track, 0..1);
     output ``media``: the one mixed clip."""
+    task_id, stage_id = ctx.task_id, ctx.stage_id
     tracks = list((given or {}).get("tracks") or [])
     levels = [float(x) for x in (given or {}).get("levels") or [1.0] * len(tracks)]
     if not tracks or len(levels) != len(tracks):

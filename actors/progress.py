@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from typing import Any
 
-from actors.errors import StageError
 from core.backends import State
+from core.errors import StageError
 
 #: Seconds between two published updates of one task (the last step is always published),
 #: and so between two reads of its cancel mark.

@@ -1,38 +1,36 @@
-"""Registration of stage actors under explicit dotted names.
+"""Registration of stage actors under explicit dotted names, and the one path every stage
+run takes.
 
-A stage actor is an ``async def (task_id, workflow, stage_id, previous=None) -> dict``:
-it receives ids only (the worker reloads state) and returns small JSON that Dramatiq's
-pipeline appends to the next stage's arguments. Raise :class:`StageError` for failures
-that a retry cannot fix; anything else is retried by the stage's retry policy.
+A stage is an ``async def (ctx: StageContext, given) -> dict``: ``ctx`` carries the task's
+row (read once, before the stage runs), its workflow's plan step and the worker's resources;
+``given`` is the previous stage's result in a pipeline, or the stage's evaluated ``input:``.
+Its small JSON result is what Dramatiq's pipeline appends to the next stage's arguments.
+Raise :class:`core.errors.StageError` for failures that a retry cannot fix; anything else
+is retried by the stage's retry policy.
+
+The wrapper (:func:`stage`) asks the task lifecycle once whether the stage runs
+(:meth:`tasks.lifecycle.Lifecycle.decide`), then runs it, recording the run in the task's
+short-lived state and in ``aimarket_stage_duration_seconds``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
-from actors.errors import StageError
+from actors import dag
+from actors.context import StageContext, StageFn
 from actors.resources import resources
+from core.errors import StageError
 from core.logs import log_context
 from core.metrics import STAGE_DURATION
-from db.models import Task, TaskStatus
-from db.tasks import get_task, start_task, utcnow
-
-log = logging.getLogger(__name__)
-
-#: Every registered stage actor name -> its default queue (what workflows may reference).
-STAGE_QUEUES: dict[str, str] = {}
-#: The output keys of actors that declare them (lets the loader check `stages.x.key`).
-STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {}
-
-StageFn = Callable[..., Awaitable[dict[str, Any]]]
+from workflows.catalog import StageActor
+from workflows.compiler import AFTER_OPTION
 
 
 def stage(
@@ -41,11 +39,11 @@ def stage(
     queue: str = "default",
     outputs: tuple[str, ...] | None = None,
     **options: Any,
-) -> Callable[[StageFn], Any]:
+) -> Callable[[StageFn], StageActor]:
     """Register ``fn`` as the stage actor ``name`` on the current Dramatiq broker.
 
     ``outputs`` names the keys of the dict it returns, so workflows that read a key it does
-    not have are refused when they load.
+    not have are refused when they load (``workflows/catalog.py`` reads it off the broker).
 
     Each run is recorded in the task's short-lived state (running, done or error), which
     ``GET /v1/tasks/{id}`` shows while the task is in flight, and in the
@@ -53,130 +51,70 @@ def stage(
     and stage (``core.logs``).
     """
 
-    def register(fn: StageFn) -> Any:
+    def register(fn: StageFn) -> StageActor:
         @functools.wraps(fn)
         async def run(
             task_id: str, workflow: str, stage_id: str, previous: Any = None
         ) -> dict[str, Any] | None:
             with log_context(task_id=task_id, workflow=workflow, stage=stage_id):
-                return await _run(task_id, workflow, stage_id, previous)
+                return await _run(name, fn, task_id, workflow, stage_id, previous)
 
-        async def _run(
-            task_id: str, workflow: str, stage_id: str, previous: Any
-        ) -> dict[str, Any] | None:
-            from actors import dag
-
-            go, task = await _may_start(name, task_id, workflow, stage_id)
-            if not go:
-                return None
-            state = resources().state
-            await state.stage_event(task_id, stage_id, "running")
-            started = time.perf_counter()
-            try:
-                item = dag.dag_item(previous)
-                if item is not None:
-                    await dag.run_stage(fn, task_id, workflow, stage_id, item)
-                    result = None
-                else:
-                    result = await fn(
-                        task_id,
-                        workflow,
-                        stage_id,
-                        await _input(task_id, workflow, stage_id, previous),
-                    )
-            except BaseException as exc:
-                outcome = "failed" if isinstance(exc, StageError) else "error"
-                STAGE_DURATION.labels(name, outcome).observe(time.perf_counter() - started)
-                await state.stage_event(task_id, stage_id, "error")
-                raise
-            STAGE_DURATION.labels(name, "ok").observe(time.perf_counter() - started)
-            await state.stage_event(task_id, stage_id, "done")
-            if task is not None and (item is None or item < 0):
-                from actors import events  # an actor module: imported once a broker is set
-
-                # A whole stage (not one foreach item) ended: a `progress` event, if wanted.
-                await events.emit(resources(), task, "progress", f"progress:{stage_id}")
-            return result if _piped() else None
-
-        actor = dramatiq.actor(actor_name=name, queue_name=queue, throws=(StageError,), **options)(
-            run
-        )
-        STAGE_QUEUES[name] = queue
-        if outputs is not None:
-            STAGE_OUTPUTS[name] = outputs
+        actor = dramatiq.actor(
+            actor_class=StageActor,
+            actor_name=name,
+            queue_name=queue,
+            throws=(StageError,),
+            **options,
+        )(run)
+        assert isinstance(actor, StageActor)
+        actor.outputs = outputs
         return actor
 
     return register
 
 
-#: Actors that run after a task has ended: they are never stopped by its ending.
-_AFTER_END_ACTORS = frozenset({"task.callback"})
-#: Actors whose run does not make a queued task ``running``.
-_BEFORE_START_ACTORS = frozenset({"task.validate"})
-
-
-async def _may_start(
-    actor: str, task_id: str, workflow: str, stage_id: str
-) -> tuple[bool, Task | None]:
-    """Whether this stage should run now (when not, the rest of the run is dropped), and the
-    task's row when this is a main stage of an active task (events are sent about it).
-
-    * The first main stage to start, other than ``task.validate`` (a quick check before the
-      task waits in, say, a GPU queue), moves the task from ``queued`` to ``running`` and
-      sends the ``started`` event when the client asked for it: a marketplace shows
-      "queued" while its users' tasks wait for a GPU.
-
-    * A main stage of a task that has already ended ``cancelled`` or ``failed`` (a cancel, or
-      another branch's failure, came while its message waited in a queue) does not run, and
-      the stages after it in a pipeline are not queued: nothing more is computed or sent for a
-      task whose client has been told it ended. Handlers (``on_failure``, ``finally``) and the
-      callback run after the end by design.
-    * A stage of a task past its workflow's deadline does not start: the task ends ``failed``
-      with code ``timeout`` through ``task.fail`` (which tells the client), and this message
-      is acked, not dead-lettered (nothing is wrong with it to inspect or retry).
-    """
-    if actor in _AFTER_END_ACTORS:
-        return True, None
+async def _run(
+    name: str, fn: StageFn, task_id: str, workflow: str, stage_id: str, previous: Any
+) -> dict[str, Any] | None:
     res = resources()
-    plan = res.plans.get(workflow)
-    if plan is not None and any(
-        step.stage.id == stage_id for step in plan.handler_steps(failed=True)
-    ):
-        return True, None
-    task = await get_task(res.db, task_id)
-    if task is None:
-        return True, None  # the stage itself says what a missing task means
-    status = TaskStatus(task.status)
-    if status in (TaskStatus.CANCELLED, TaskStatus.FAILED):
-        log.info("task %s is %s: stage %s dropped", task_id, status, stage_id)
-        _stop_pipeline()
-        return False, None
-    if status.terminal or plan is None:
-        return True, None
-    deadline_s = plan.workflow.deadline(res.settings.task_deadline_s)
-    if (utcnow() - task.created_at).total_seconds() <= deadline_s:
-        if (
-            status == TaskStatus.QUEUED
-            and actor not in _BEFORE_START_ACTORS
-            and await start_task(res.db, task_id)
-        ):
-            from actors import events
+    message = CurrentMessage.get_current_message()
+    options = message.options if message is not None else {}
+    decision = await res.lifecycle.begin(name, task_id, workflow, stage_id, options)
+    if not decision.runs:
+        _stop_pipeline()  # nothing after this stage is queued for an ended task
+        return None
+    ctx = StageContext.of(task_id, workflow, stage_id, res, decision.task)
+    state = res.state
+    started = time.perf_counter()
+    item = dag.dag_item(previous)
+    try:
+        if item is not None:
+            await dag.run_stage(fn, ctx, item)
+            result = None
+        else:
+            result = await fn(ctx, await _input(ctx, previous))
+    except BaseException as exc:
+        outcome = "failed" if isinstance(exc, StageError) else "error"
+        STAGE_DURATION.labels(name, outcome).observe(time.perf_counter() - started)
+        await state.stage_event(task_id, stage_id, "error")
+        raise
+    STAGE_DURATION.labels(name, "ok").observe(time.perf_counter() - started)
+    if not _next_records_done(stage_id):
+        await state.stage_event(task_id, stage_id, "done")
+    if decision.progress and (item is None or item < 0):
+        # A whole main stage (not one foreach item) ended: the `progress` event.
+        task = await ctx.task_row()
+        if task is not None:
+            await res.lifecycle.stage_ended(task, stage_id)
+    return result if _piped() else None
 
-            await events.emit(res, task, "started", "started")
-        return True, task
-    log.warning(
-        "task %s passed its deadline of %g s before stage %s", task_id, deadline_s, stage_id
-    )
-    fail = res.broker.get_actor("task.fail")
-    message = fail.message(
-        task_id,
-        stage_id,
-        "timeout",
-        f"the task did not finish within its deadline of {deadline_s:g} s",
-    )
-    await asyncio.to_thread(res.broker.enqueue, message)
-    _stop_pipeline()
-    return False, None
+
+def _next_records_done(stage_id: str) -> bool:
+    """Whether the next stage of this pipeline records this one ``done`` as it starts (its
+    message names this stage AFTER_OPTION): one state write per stage instead of two."""
+    message = CurrentMessage.get_current_message()
+    target = message.options.get("pipe_target") if message is not None else None
+    return target is not None and target.get("options", {}).get(AFTER_OPTION) == stage_id
 
 
 def _stop_pipeline() -> None:
@@ -192,16 +130,13 @@ def _piped() -> bool:
     return message is None or message.options.get("pipe_target") is not None
 
 
-async def _input(task_id: str, workflow: str, stage_id: str, previous: Any) -> Any:
+async def _input(ctx: StageContext, previous: Any) -> Any:
     """In a pipeline, a stage (a handler, say) with an ``input:`` mapping gets it evaluated;
     any other gets the previous stage's result, as Dramatiq's pipeline passes it."""
-    res = resources()
-    plan = res.plans.get(workflow)
-    if plan is None or stage_id not in plan._index or not plan.step(stage_id).stage.input:
+    step = ctx.step
+    if step is None or not step.stage.input:
         return previous
-    from actors import dag
-
-    task = await get_task(res.db, task_id)
-    if task is None:
+    task, plan = await ctx.task_row(), ctx.plan
+    if task is None or plan is None:
         return previous
-    return await dag.stage_input(res, plan, plan.step(stage_id), task, -1, None)
+    return await dag.stage_input(ctx.res, plan, step, task, -1, None)

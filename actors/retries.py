@@ -12,7 +12,7 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import Retries
 
-from actors.errors import StageError
+from core.errors import StageError
 
 
 def retry_delay_ms(policy: dict[str, Any], retries: int) -> int:

@@ -7,12 +7,11 @@ import asyncio
 import logging
 from typing import Any
 
-from actors.errors import StageError
+from actors.context import StageContext
 from actors.registry import stage
-from actors.resources import resources
 from audio.encode import FORMATS, encode
+from core.errors import StageError
 from core.storage import media_key
-from db.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +40,7 @@ def requested_encoding(inputs: dict[str, Any]) -> tuple[str, float | None]:
 
 
 @stage("media.store", outputs=("outputs",))
-async def store(
-    task_id: str, workflow: str, stage_id: str, previous: dict[str, Any] | None = None
-) -> dict[str, Any]:
+async def store(ctx: StageContext, previous: dict[str, Any] | None = None) -> dict[str, Any]:
     """Uploads each generated item under a predictable key and returns its description.
 
     Generated audio (WAV) is first encoded to the task's ``format`` and, with
@@ -54,8 +51,8 @@ async def store(
     rerun overwrites the same object; a redelivered message that finds the blob gone but the
     object in S3 describes the same key again instead of failing.
     """
-    res = resources()
-    task = await get_task(res.db, task_id)
+    task_id, workflow = ctx.task_id, ctx.workflow
+    res, task = ctx.res, await ctx.task_row()
     fmt, loudness = requested_encoding(task.input if task is not None else {})
     spec = FORMATS[fmt]
     default_name = next(iter(res.workflows[workflow].outputs), "audio")

@@ -7,6 +7,7 @@ import asyncio
 import io
 from typing import Any
 
+from actors.context import StageContext
 from actors.registry import stage
 from actors.resources import resources
 from core.state import blob_key
@@ -23,14 +24,13 @@ def _pictures(wav: bytes) -> tuple[bytes, bytes]:
 
 
 @stage("media.visualize", outputs=("media",))
-async def visualize(
-    task_id: str, workflow: str, stage_id: str, previous: dict[str, Any] | None = None
-) -> dict[str, Any]:
+async def visualize(ctx: StageContext, previous: dict[str, Any] | None = None) -> dict[str, Any]:
     """Adds ``waveform`` and ``spectrogram`` PNG items after each audio item of ``previous``.
 
     A clip whose audio has already left the short-lived state (a redelivered message) passes
     through without pictures rather than failing the task.
     """
+    task_id, stage_id = ctx.task_id, ctx.stage_id
     handoff = resources().handoff
     media: list[dict[str, Any]] = []
     for index, item in enumerate((previous or {}).get("media", [])):

@@ -9,19 +9,14 @@ Each delivery has a ``webhook-id`` that stays the same across its retries (``{ta
 {status}`` for the terminal callback, ``{task_id}:started``, ``{task_id}:progress:...`` for
 intermediate events), so a receiver can drop duplicates; ``webhook-timestamp`` is the time of
 this try and ``webhook-signature`` is ``v1,`` + base64(HMAC-SHA256(key, "{id}.{timestamp}.{body}"))
-(https://www.standardwebhooks.com). The key comes from ``WEBHOOK_SECRET`` (``whsec_`` +
-base64); it never appears in logs, records or bodies.
+(https://www.standardwebhooks.com, ``core.signing``). The key comes from ``WEBHOOK_SECRET``
+(``whsec_`` + base64); it never appears in logs, records or bodies.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import hashlib
-import hmac
 import logging
-import secrets
 import time
 from collections.abc import Sequence
 from datetime import timedelta
@@ -30,9 +25,8 @@ from typing import NamedTuple
 import httpx
 
 from actors.resources import Resources
-from core.backends import kept_secret
 from core.metrics import CALLBACK_ATTEMPTS, CALLBACK_FAILURES
-from core.settings import Settings, SettingsError
+from core.signing import sign, webhook_secret
 from core.ssrf import Unresolvable, UnsafeURL, pinned, safe_addresses
 from db.callbacks import next_attempt, record_attempt
 from db.models import CallbackOutcome
@@ -40,7 +34,6 @@ from db.tasks import utcnow
 
 log = logging.getLogger(__name__)
 
-SECRET_PREFIX = "whsec_"  # noqa: S105 (the format's prefix, not a secret)
 USER_AGENT = "aimarket-callback"
 
 
@@ -51,35 +44,6 @@ class Delivery(NamedTuple):
     outcome: CallbackOutcome
     #: Seconds until the next try: set when ``outcome`` is ``retrying``.
     retry_in_s: float | None = None
-
-
-def webhook_secret(settings: Settings) -> str:
-    """WEBHOOK_SECRET; with an embedded database and none set, a random one kept in
-    DATA_DIR/webhook-secret (as MARKETPLACE_TOKEN is). A deployment with a real database
-    must set it (its receivers need to know it in advance)."""
-    return kept_secret(
-        settings,
-        "WEBHOOK_SECRET",
-        "webhook-secret",
-        lambda: SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode(),
-    )
-
-
-def secret_key(secret: str) -> bytes:
-    """The HMAC key of a ``whsec_<base64>`` secret (the prefix is optional, as in the
-    reference libraries)."""
-    text = secret.removeprefix(SECRET_PREFIX)
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise SettingsError("WEBHOOK_SECRET is invalid: expected whsec_ + base64") from None
-
-
-def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
-    """The ``webhook-signature`` header value for one try."""
-    signed = f"{webhook_id}.{timestamp}.".encode() + body
-    digest = hmac.new(secret_key(secret), signed, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
 
 
 def signed_headers(

@@ -21,6 +21,7 @@ from dramatiq.middleware import (
 from core.metrics import METRICS_PORT_ENV
 from core.queues import GPU_QUEUES
 from core.settings import Settings
+from workflows.catalog import StageCatalog, stage_catalog
 
 _broker: dramatiq.Broker | None = None
 
@@ -65,6 +66,7 @@ def setup_broker(settings: Settings, *, publisher: bool = False) -> dramatiq.Bro
     # Embedded mode (no RabbitMQ): messages stay in this process, whose API runs the workers.
     # confirm_delivery: a 202 means RabbitMQ has the message, not that pika buffered it.
     from actors.failures import TaskFailures
+    from actors.resources import WorkerResources
     from actors.retries import StageRetries
 
     # Dramatiq's defaults, with Retries replaced by one that reads each stage's policy.
@@ -80,6 +82,7 @@ def setup_broker(settings: Settings, *, publisher: bool = False) -> dramatiq.Bro
         StageRetries(),
         AsyncIO(),
         CurrentMessage(),
+        WorkerResources(),
     ]
     if url is not None and not publisher and os.environ.get(METRICS_PORT_ENV):
         # A worker serving metrics (aimarket worker --metrics-port): Dramatiq's own message
@@ -114,17 +117,15 @@ def _message_metrics() -> dramatiq.Middleware:
     return MessageMetrics()
 
 
-def actor_queues() -> dict[str, str]:
-    """Every registered stage actor and its queue, for checking workflows offline.
+def actor_catalog() -> StageCatalog:
+    """Every registered stage actor, its queue and outputs, for checking workflows offline.
 
     Registers the actors on an in-memory broker when this process has no broker yet.
     """
     if _broker is None and not _registered():
         dramatiq.set_broker(StubBroker())
-        import actors.all  # noqa: F401
-    from actors.registry import STAGE_QUEUES
-
-    return dict(STAGE_QUEUES)
+        import actors.all  # noqa: F401  (registers the actors on the broker just set)
+    return stage_catalog(dramatiq.get_broker())
 
 
 def _registered() -> bool:

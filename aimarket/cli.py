@@ -33,7 +33,7 @@ def serve(host: str | None, port: int | None) -> None:
     """Run the HTTP API."""
     import uvicorn
 
-    from api.app import create_app
+    from aimarket.app import create_app
     from workflows.diagnostics import WorkflowError
 
     try:
@@ -252,7 +252,7 @@ def workflows() -> None:
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 def validate(paths: tuple[Path, ...], fmt: str) -> None:
     """Check workflow files or folders (default: the built-in and configured folders)."""
-    from aimarket.broker import actor_queues
+    from aimarket.broker import actor_catalog
     from workflows.diagnostics import Diagnostic
     from workflows.loader import BUILTIN_DIR, check_file
 
@@ -260,9 +260,7 @@ def validate(paths: tuple[Path, ...], fmt: str) -> None:
         settings = get_settings()
     except SettingsError as exc:
         fail(str(exc))
-    queues = actor_queues()
-    from actors.registry import STAGE_OUTPUTS
-
+    catalog = actor_catalog()
     targets = list(paths) or [BUILTIN_DIR, *settings.extra_workflow_dirs]
     files = sorted(
         f
@@ -273,9 +271,9 @@ def validate(paths: tuple[Path, ...], fmt: str) -> None:
     for file in files:
         _, found = check_file(
             file,
-            queues,
+            catalog.queues,
             settings,
-            actor_outputs=STAGE_OUTPUTS,
+            actor_outputs=catalog.outputs,
             extra_queues=settings.extra_queue_names,
         )
         diagnostics.extend(found)
@@ -300,7 +298,7 @@ def validate(paths: tuple[Path, ...], fmt: str) -> None:
 @click.option("--format", "fmt", type=click.Choice(["mermaid", "outline"]), default="mermaid")
 def graph(name: str, fmt: str) -> None:
     """Print a workflow's plan: stages, branches, fan-outs and queues."""
-    from aimarket.broker import actor_queues
+    from aimarket.broker import actor_catalog
     from workflows.compiler import compile_workflow
     from workflows.diagnostics import WorkflowError
     from workflows.graph import mermaid, outline
@@ -308,13 +306,13 @@ def graph(name: str, fmt: str) -> None:
 
     try:
         settings = get_settings()
-        queues = actor_queues()
-        loaded = load_configured(settings)
+        catalog = actor_catalog()
+        loaded = load_configured(settings, catalog)
     except (SettingsError, WorkflowError) as exc:
         fail(str(exc))
     if name not in loaded:
         fail(f"no workflow {name!r} (known: {', '.join(sorted(loaded))})")
-    plan = compile_workflow(loaded[name], queues)
+    plan = compile_workflow(loaded[name], catalog.queues)
     stage_queues = {s.stage.id: s.queue for s in (*plan.steps, *plan.on_failure, *plan.finally_)}
     render = mermaid if fmt == "mermaid" else outline
     click.echo(render(loaded[name], stage_queues))

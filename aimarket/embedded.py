@@ -12,8 +12,7 @@ from actors.warmup import configure_models
 from api.services import Services
 from core.delays import enqueue_after
 from db.callbacks import pending_deliveries
-from db.models import TaskStatus
-from db.tasks import finish_task, unfinished_tasks, utcnow
+from db.tasks import unfinished_tasks, utcnow
 from tasks.sweep import RESEND_WINDOW_S
 from workflows.compiler import CALLBACK_ACTOR
 
@@ -46,18 +45,7 @@ async def resume_unfinished(services: Services) -> int:
     """
     resumed = 0
     for task_id, workflow in await unfinished_tasks(services.db):
-        plan = services.plans.get(workflow)
-        if plan is None:
-            await finish_task(
-                services.db,
-                task_id,
-                TaskStatus.FAILED,
-                error_code="workflow_removed",
-                error_message=f"workflow '{workflow}' no longer exists; the task was not resumed",
-            )
-            continue
-        plan.resume(services.broker, task_id)
-        resumed += 1
+        resumed += await services.lifecycle.resume(task_id, workflow)
     if resumed:
         log.info("resumed %d unfinished task(s) after a restart", resumed)
     await resume_deliveries(services)

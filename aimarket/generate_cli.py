@@ -143,18 +143,19 @@ async def _run(
     stream: TextIO,
 ) -> Result:
     from actors.resources import use_settings
+    from aimarket.broker import setup_broker
     from aimarket.embedded import start_worker, stop_worker
-    from api.errors import ApiError
     from api.schemas import CreateTask
     from api.services import Services
     from api.tasks import submit_task
     from db.migrate import upgrade
     from db.models import TaskStatus
     from db.tasks import get_task
+    from tasks.errors import Refused
 
     db_url = f"sqlite+aiosqlite:///{Path(settings.data_dir) / 'aimarket.db'}"
     await asyncio.to_thread(upgrade, db_url, "head", False)
-    services = Services.build(settings)
+    services = Services.build(settings, setup_broker(settings, publisher=True))
     use_settings(settings)
     await asyncio.to_thread(services.store.ensure_bucket)
     worker = start_worker(services)
@@ -164,7 +165,7 @@ async def _run(
             task = await submit_task(
                 services, CreateTask(workflow=workflow, user_id="local-cli", input=inputs)
             )
-        except ApiError as exc:
+        except Refused as exc:  # ApiError is one too
             where = f"{exc.field}: " if exc.field else ""
             raise CliError(f"{where}{exc.message}", 2) from None
         bar = ProgressBar(stream)

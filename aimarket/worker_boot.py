@@ -8,7 +8,7 @@ import logging
 from aimarket.broker import setup_broker
 from core.logs import configure_root, quiet_libraries
 from core.settings import get_settings
-from workflows.compiler import compile_workflow, declare_queues
+from workflows.compiler import declare_queues
 
 settings = get_settings()
 logging.getLogger().setLevel(settings.log_level.upper())
@@ -17,7 +17,7 @@ configure_root(settings.log_format)
 quiet_libraries()
 broker = setup_broker(settings)
 
-from actors.webhooks import secret_key, webhook_secret  # noqa: E402
+from core.signing import secret_key, webhook_secret  # noqa: E402
 
 secret_key(webhook_secret(settings))  # a worker that cannot sign callbacks must not start
 
@@ -26,13 +26,11 @@ from actors.warmup import configure_models, start_warmup  # noqa: E402  (no torc
 configure_models(settings)
 start_warmup(settings)
 
-from actors.registry import STAGE_QUEUES  # noqa: E402  (filled by setup_broker)
 from actors.resources import resources  # noqa: E402
 
 # Loading the workflows here makes a worker refuse to start on a broken definition, and lets
 # it consume queues that only a workflow names (a stage's ``queue:`` override).
-_plans = {name: compile_workflow(wf, STAGE_QUEUES) for name, wf in resources().workflows.items()}
-declare_queues(broker, _plans)
+declare_queues(broker, resources().plans)
 # EXTRA_QUEUES are served by worker pools (`aimarket worker -Q musicgen-large`) whether or not
 # a workflow routes to them yet: a worker started for one must consume it.
 for _queue in settings.extra_queue_names:

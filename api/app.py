@@ -1,13 +1,17 @@
-"""The Litestar application: `create_app()` builds it from the settings."""
+"""The Litestar application: `build_app()` builds it from the settings and the services.
+
+The broker, and in embedded mode the in-process workers, are set up by the composition root
+(``aimarket.app.create_app``): this package never imports the stage actors.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, TypeAlias
 
 import msgspec
 from litestar import Litestar, Request, Router
@@ -17,9 +21,6 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
-from actors.resources import use_settings
-from aimarket.broker import is_embedded
-from aimarket.embedded import resume_unfinished, start_worker, stop_worker
 from api.admin import admin_router, check_admin_token
 from api.auth import require_token
 from api.cancel import cancel_task
@@ -37,29 +38,31 @@ from api.stats import stats
 from api.tasks import IDEMPOTENCY_HEADER, TaskController
 from api.uploads import upload_audio
 from api.workflows import list_workflows
-from core.backends import database_url, describe
+from core.backends import describe
 from core.logs import bind, litestar_logging, route_uvicorn_to_root
-from core.settings import Settings, get_settings
-from db.migrate import upgrade
+from core.settings import Settings
 from tasks.sweep import Sweeper, make_marks
 
 log = logging.getLogger(__name__)
 
+#: What runs beside the API while it serves (embedded mode: the Dramatiq workers): entered
+#: by the lifespan once the start-up is logged, before the sweeper starts; left after the
+#: sweeper stops, before the services close.
+Workers: TypeAlias = Callable[[], AbstractAsyncContextManager[None]]
 
-def create_app(settings: Settings | None = None) -> Litestar:
-    """Builds the app; raises SettingsError / WorkflowError before serving anything."""
-    settings = settings or get_settings()
-    if settings.database_dsn is None:
-        # Embedded SQLite: built (and later upgraded) by the same Alembic migrations.
-        upgrade(database_url(settings))
-    services = Services.build(settings)
+
+@asynccontextmanager
+async def no_workers() -> AsyncIterator[None]:
+    """The workers of an API whose tasks run elsewhere (RabbitMQ): none."""
+    yield
+
+
+def build_app(settings: Settings, services: Services, workers: Workers = no_workers) -> Litestar:
+    """Builds the app on ``services``; raises SettingsError before serving anything."""
     # Here, not in the lifespan: a bucket that cannot be used stops `aimarket serve` with one
     # line (a SettingsError), before the server starts. Created when missing.
     services.store.ensure_bucket()
     check_admin_token(settings, services.token)
-    embedded = is_embedded(services.broker)
-    if embedded:
-        use_settings(settings)
     sweeper = Sweeper(
         db=services.db,
         state=services.state,
@@ -67,6 +70,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         plans=services.plans,
         settings=settings,
         marks=make_marks(settings),
+        lifecycle=services.lifecycle,
         queue_counts=lambda: queue_counts(services.broker),
         publisher=services.publisher,
     )
@@ -86,19 +90,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
         watch_queues(services.broker)
         if settings.marketplace_token is None:
             log.warning("MARKETPLACE_TOKEN is not set: using the token %s", services.token)
-        worker = start_worker(services) if embedded else None
-        if worker is not None:
-            await resume_unfinished(services)
-        # Every API process sweeps (one at a time: the sweep's lock), so no task stays stuck.
-        sweeping = asyncio.create_task(sweeper.loop(), name="sweep")
         try:
-            yield
+            async with workers():
+                # Every API process sweeps (one at a time: the sweep's lock): no task stays stuck.
+                sweeping = asyncio.create_task(sweeper.loop(), name="sweep")
+                try:
+                    yield
+                finally:
+                    sweeping.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await sweeping
         finally:
-            sweeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeping
-            if worker is not None:
-                await stop_worker(worker)
             await sweeper.close()
             await services.close()
 

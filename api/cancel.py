@@ -10,25 +10,18 @@ ended (``active_task``), DAG stages are not started (``run_stage``).
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from functools import partial
 from typing import Any
 
 from litestar import Response, post
 from litestar.status_codes import HTTP_202_ACCEPTED
 
-from api.errors import ApiError, error_response
+from api.errors import error_response
 from api.scope import find_task
 from api.services import ServicesDep
-from db.models import TaskStatus
-from db.tasks import finish_task, get_task
 from tasks.view import TaskOut, task_view
-from workflows.compiler import announce_end
 
 log = logging.getLogger(__name__)
-
-CANCEL_MESSAGE = "cancelled by the client"
 
 
 async def _keep(response: Response[Any]) -> Response[Any]:
@@ -55,30 +48,5 @@ async def cancel_task(
     task_id: str, services: ServicesDep, user_scope: str | None
 ) -> Response[TaskOut]:
     task = await find_task(services.db, task_id, user_scope)
-    ended = not TaskStatus(task.status).terminal and await finish_task(
-        services.db,
-        task_id,
-        TaskStatus.CANCELLED,
-        error_code="cancelled",
-        error_message=CANCEL_MESSAGE,
-    )
-    if not ended:
-        task = await get_task(services.db, task_id) or task
-        raise ApiError(409, "already_finished", f"task {task_id} has already ended: {task.status}")
-    try:
-        await services.state.set_cancelled(task_id)
-    except Exception as exc:  # the row says cancelled: nothing else will run after this stage
-        log.warning("could not mark task %s cancelled for a running stage: %s", task_id, exc)
-    # A workflow with `finally` handlers runs them (on_failure does not: a cancel is not a
-    # failure); any other gets the callback.
-    loop = asyncio.get_running_loop()
-    tell = partial(announce_end, failed=False)
-    plan = services.plans.get(task.workflow)
-    try:
-        await loop.run_in_executor(
-            services.publisher, tell, services.broker, task_id, task.workflow, plan
-        )
-    except Exception as exc:
-        log.error("could not queue the callback of cancelled task %s: %s", task_id, exc)
-    task = await get_task(services.db, task_id) or task
+    task = await services.lifecycle.cancel(task)
     return Response(task_view(task, services.store), status_code=HTTP_202_ACCEPTED)

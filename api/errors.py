@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -17,6 +16,8 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.openapi import ResponseSpec
+
+from tasks.errors import Refused
 
 log = logging.getLogger(__name__)
 
@@ -34,27 +35,16 @@ def error_response(description: str) -> ResponseSpec:
     return ResponseSpec(data_container=ErrorBody, description=description, generate_examples=False)
 
 
-class ApiError(Exception):
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        field: str | None = None,
-        *,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.field = status, code, message, field
-        #: Sent with the error, e.g. the Retry-After of a 429 or 503.
-        self.headers = dict(headers or {})
+class ApiError(Refused):
+    """A refusal of the API's own (a missing task, a scope): the same shape as the task
+    lifecycle's :class:`tasks.errors.Refused`, which every route may raise as it is."""
 
 
 def _json(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> Response[Any]:
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
-def api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[Any]:
+def api_error(_: Request[Any, Any, Any], exc: Refused) -> Response[Any]:
     body = ErrorBody(code=exc.code, message=exc.message, field=exc.field)
     return _json(exc.status, body, headers=exc.headers or None)
 
@@ -109,7 +99,7 @@ def internal_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
 
 
 HANDLERS: dict[type[Exception] | int, Any] = {
-    ApiError: api_error,
+    Refused: api_error,
     ValidationException: validation_error,
     HTTPException: http_error,
     Exception: internal_error,

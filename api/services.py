@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TypeAlias
 
 import dramatiq
 from litestar.di import NamedDependency
 
-from actors.webhooks import secret_key, webhook_secret
-from aimarket.broker import setup_broker
 from api.limits import Limits
 from core.backends import Media, State, api_token, database_url, make_media, make_state
 from core.settings import Settings
+from core.signing import secret_key, webhook_secret
 from db.engine import Database
+from tasks.lifecycle import Lifecycle
+from workflows.catalog import stage_catalog
 from workflows.compiler import Plan, compile_workflow, declare_queues
 from workflows.loader import load_configured
 from workflows.spec import Workflow
@@ -40,19 +42,19 @@ class Services:
     )
 
     @classmethod
-    def build(cls, settings: Settings) -> Services:
+    def build(cls, settings: Settings, broker: dramatiq.Broker) -> Services:
         """Check the settings and workflows and create the clients (no connection yet).
 
+        ``broker`` is the process's broker with every stage actor declared on it (the
+        composition root sets it up: ``aimarket.app``); the workflows may use those stages.
         Raises SettingsError or WorkflowError, so a broken deployment refuses to start.
         """
         token = api_token(settings)
         # Fail at start, not at the first callback, when the signing secret is missing or bad.
         secret_key(webhook_secret(settings))
-        broker = setup_broker(settings, publisher=True)
-        from actors.registry import STAGE_QUEUES
-
-        workflows = load_configured(settings)
-        plans = {name: compile_workflow(wf, STAGE_QUEUES) for name, wf in workflows.items()}
+        catalog = stage_catalog(broker)
+        workflows = load_configured(settings, catalog)
+        plans = {name: compile_workflow(wf, catalog.queues) for name, wf in workflows.items()}
         declare_queues(broker, plans)
         db, state = Database(database_url(settings)), make_state(settings)
         return cls(
@@ -65,6 +67,19 @@ class Services:
             workflows=workflows,
             plans=plans,
             limits=Limits.build(settings, state, broker, db, workflows),
+        )
+
+    @cached_property
+    def lifecycle(self) -> Lifecycle:
+        """The task transitions (submit, cancel, resume, end), publishing on ``publisher``."""
+        return Lifecycle(
+            self.settings,
+            self.db,
+            self.state,
+            self.broker,
+            self.plans,
+            self.workflows,
+            self.publisher,
         )
 
     async def publish(self, plan: Plan, task_id: str) -> None:

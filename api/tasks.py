@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
-from functools import partial
-from typing import Any, NamedTuple
 
 import anyio
 import anyio.to_thread
@@ -18,18 +15,14 @@ from litestar.params import Parameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
-from api.errors import ApiError, error_response
+from api.errors import error_response
 from api.schemas import CreateTask
 from api.scope import find_task, scoped_user, user_id_parameter
 from api.services import ServicesDep
-from core.settings import Settings
-from core.ssrf import Unresolvable, UnsafeURL, check_url
 from db import callbacks, idempotency, stage_runs
 from db.models import CallbackOutcome, Task, TaskStatus
-from db.tasks import finish_task, get_task, insert_task, recent_tasks, utcnow
+from db.tasks import get_task, recent_tasks
 from tasks.view import TaskList, TaskOut, task_view
-from workflows.inputs import InputError, validate_input
-from workflows.spec import Workflow
 
 log = logging.getLogger(__name__)
 
@@ -65,182 +58,12 @@ class CallbackAttemptList(msgspec.Struct, kw_only=True):
     attempts: list[CallbackAttemptOut]
 
 
-async def _check_callback_url(url: str | None, settings: Settings) -> None:
-    """Refuses a callback URL that is not http(s), or whose host is (or resolves to) a
-    loopback, link-local, private or reserved address not in CALLBACK_ALLOWLIST (SSRF)."""
-    if url is not None:
-        allowlist = settings.callback_allowlist
-        await _refuse_unsafe(url, allowlist, "invalid_callback_url", "callback_url")
-
-
-async def _check_audio_urls(
-    workflow: Workflow, clean_input: dict[str, Any], settings: Settings
-) -> None:
-    """Refuses an ``audio`` input given as a URL whose host is not public (the SSRF guard
-    also runs at the fetch, DNS can change); uploads (``upload:<id>``) need no check."""
-    for name, spec in workflow.input.items():
-        value = clean_input.get(name)
-        if spec.type != "audio" or not isinstance(value, str) or value.startswith("upload:"):
-            continue
-        await _refuse_unsafe(
-            value,
-            settings.audio_url_allowlist,
-            "invalid_input",
-            f"input.{name}",
-            what="audio URL",
-            setting="AUDIO_URL_ALLOWLIST",
-        )
-
-
-async def _refuse_unsafe(
-    url: str,
-    allowlist: str,
-    code: str,
-    field: str,
-    what: str = "callback_url",
-    setting: str = "CALLBACK_ALLOWLIST",
-) -> None:
-    """A 422 ``code`` naming ``field`` when ``url`` is unsafe to call (core.ssrf, whose
-    messages name ``what`` and ``setting``). A host that does not resolve now is accepted:
-    the request checks it again right before it is made (and a callback retries)."""
-    check = partial(check_url, url, allowlist, what=what, setting=setting)
-    try:
-        await anyio.to_thread.run_sync(check)
-    except Unresolvable:
-        return
-    except UnsafeURL as exc:
-        raise ApiError(422, code, str(exc), field) from None
-
-
-class Submitted(NamedTuple):
-    task: Task
-    #: True when an earlier submission with the same Idempotency-Key made ``task``.
-    replayed: bool
-
-
 async def submit_task(
     services: ServicesDep, data: CreateTask, idempotency_key: str | None = None
 ) -> Task:
-    """Validate, record, then queue one task; the one way in for the API and the CLI.
-
-    Raises ApiError (with code and field) for anything refused; nothing is stored then.
-    With an ``idempotency_key`` already used by this user, returns that task (see submit).
-    """
-    return (await submit(services, data, idempotency_key)).task
-
-
-async def submit(
-    services: ServicesDep, data: CreateTask, idempotency_key: str | None = None
-) -> Submitted:
-    """submit_task, telling whether the task is a replay.
-
-    With an ``idempotency_key``: a key this user already used with the same body gives back
-    that task (nothing new is stored or queued); with another body, a 409. Of concurrent
-    submissions with one key, the unique index on (user_id, idempotency_key) lets one insert;
-    the others read and return its task.
-    """
-    body_hash = None
-    if idempotency_key is not None:
-        _check_key(idempotency_key)
-        body_hash = idempotency.request_hash(
-            data.workflow, data.user_id, data.input, data.callback_url, list(data.events)
-        )
-        # Before validation: a replay costs one indexed read, no DNS look-up of callback_url.
-        earlier = await idempotency.task_by_key(services.db, data.user_id, idempotency_key)
-        if earlier is not None:
-            return Submitted(_same_body(earlier, body_hash), replayed=True)
-
-    workflow = services.workflows.get(data.workflow)
-    if workflow is None:
-        known = ", ".join(sorted(services.workflows))
-        raise ApiError(
-            422,
-            "unknown_workflow",
-            f"no workflow '{data.workflow}' (known: {known})",
-            "workflow",
-        )
-    try:
-        clean_input = validate_input(workflow, data.input)
-    except InputError as exc:
-        raise ApiError(422, "invalid_input", exc.message, exc.field) from None
-    await _check_callback_url(data.callback_url, services.settings)
-    await _check_audio_urls(workflow, clean_input, services.settings)
-
-    task = Task(
-        id=str(uuid.uuid4()),
-        workflow=workflow.name,
-        workflow_version=workflow.version,
-        user_id=data.user_id,
-        status=TaskStatus.QUEUED,
-        input=clean_input,
-        callback_url=data.callback_url,
-        outputs=[],
-        audio_s=0.0,
-        created_at=utcnow(),
-        idempotency_key=idempotency_key,
-        request_hash=body_hash,
-        callback_events=sorted(set(data.events) - {"completed"}) or None,
-    )
-    plan = services.plans[workflow.name]
-    # Limits (429, 503) after validation, so a 422 spends no budget, and before anything is
-    # stored; a replay was answered above and is never refused. Not stored or queued after
-    # all: the task's slot is given back.
-    admission = await services.limits.admit(plan, task.user_id, task.id)
-    try:
-        if idempotency_key is None:
-            await insert_task(services.db, task)
-            inserted = True
-        else:
-            task, inserted = await idempotency.insert_task_once(services.db, task)
-    except BaseException:
-        await admission.release()
-        raise
-    if not inserted:
-        await admission.release()
-        assert body_hash is not None
-        return Submitted(_same_body(task, body_hash), replayed=True)
-    # Sent only after the commit above, so a worker never sees a task that is not there.
-    # pika blocks: publish from a thread, never on the event loop.
-    try:
-        await services.publish(plan, task.id)
-    except Exception as exc:
-        log.error("could not queue task %s: %s", task.id, exc)
-        await admission.release()
-        await finish_task(
-            services.db,
-            task.id,
-            TaskStatus.FAILED,
-            error_code="queue_unavailable",
-            error_message="the task could not be queued; submit it again",
-        )
-        if idempotency_key is not None:
-            # "Submit it again" must then work with the same key, not replay this failure.
-            await idempotency.release_key(services.db, task.id)
-        raise ApiError(503, "queue_unavailable", "the queue is unavailable; retry later") from None
-    return Submitted(task, replayed=False)
-
-
-def _check_key(key: str) -> None:
-    if not key or len(key) > idempotency.MAX_KEY_LENGTH:
-        raise ApiError(
-            400,
-            "invalid_request",
-            f"the Idempotency-Key must be 1 to {idempotency.MAX_KEY_LENGTH} characters",
-            "Idempotency-Key",
-        )
-
-
-def _same_body(task: Task, body_hash: str) -> Task:
-    """``task`` when it was submitted with this body, else the 409 of a reused key."""
-    if task.request_hash != body_hash:
-        raise ApiError(
-            409,
-            "idempotency_conflict",
-            f"this Idempotency-Key was already used for task {task.id} with another body; "
-            "use a new key for a new request",
-            "Idempotency-Key",
-        )
-    return task
+    """Validate, record, then queue one task (``tasks.lifecycle.Lifecycle.submit``): the one
+    way in for the API and the CLI. Raises ``tasks.errors.Refused`` for anything refused."""
+    return (await services.lifecycle.submit(data, services.limits, idempotency_key)).task
 
 
 class TaskController(Controller):
@@ -291,7 +114,7 @@ class TaskController(Controller):
             header=IDEMPOTENCY_HEADER,
             required=False,
             # No min/max_length here: Litestar would name the field `idempotency_key` in its
-            # 400; submit() checks the length and names the header. The document says it.
+            # 400; Lifecycle.submit checks the length and names the header. The document says it.
             schema_extra={"minLength": 1, "maxLength": idempotency.MAX_KEY_LENGTH},
             description="Any string unique per request of this user (a UUID, say), 1 to "
             f"{idempotency.MAX_KEY_LENGTH} characters. A retry with the same key and body "
@@ -300,7 +123,7 @@ class TaskController(Controller):
         user_scope: str | None = None,
     ) -> Response[TaskOut]:
         scoped_user(data.user_id, user_scope)  # a 403 for another user's submission
-        submitted = await submit(services, data, idempotency_key)
+        submitted = await services.lifecycle.submit(data, services.limits, idempotency_key)
         task = submitted.task
         if submitted.replayed:
             # 200, not 202: nothing was accepted by this request, and the view may already be

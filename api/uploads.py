@@ -12,10 +12,11 @@ import msgspec
 from litestar import Request, post
 from litestar.status_codes import HTTP_201_CREATED
 
-from actors.audio_input import MAX_AUDIO_S, UPLOAD_PREFIX, decode_audio, upload_key
-from actors.errors import StageError
 from api.errors import ApiError, error_response
 from api.services import ServicesDep
+from audio.audio_input import MAX_AUDIO_S, UPLOAD_PREFIX, decode_audio, upload_key
+from audio.wav import encode_wav
+from core.errors import StageError
 
 #: The largest upload body, in bytes.
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -47,8 +48,6 @@ async def _read_body(request: Request[Any, Any, Any]) -> bytes:
 
 
 def _check_and_encode(data: bytes) -> tuple[bytes, float, int]:
-    from audio.audio_models import encode_wav  # numpy + soundfile only, no torch
-
     samples, rate = decode_audio(data, MAX_AUDIO_S)
     return encode_wav(samples, rate), samples.shape[-1] / rate, rate
 

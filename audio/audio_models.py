@@ -19,7 +19,6 @@ What a caller must know:
 from __future__ import annotations
 
 import gc
-import io
 import logging
 import os
 import sys
@@ -38,6 +37,8 @@ from audio.checkpoints import ModelKind as ModelKind
 from audio.checkpoints import ModelLoadError as ModelLoadError
 from audio.checkpoints import load_checkpoint
 from audio.precision import PRECISIONS, Precision, PrecisionUnsupported, apply_precision
+from audio.wav import encode_wav as encode_wav
+from audio.wav import wav_info as wav_info
 
 log = logging.getLogger(__name__)
 
@@ -411,36 +412,6 @@ def release_memory() -> None:
     if torch.cuda.is_available():
         gc.collect()  # tensors kept alive only by reference cycles (a dropped traceback's)
         torch.cuda.empty_cache()
-
-
-def encode_wav(samples: npt.NDArray[Any], sample_rate: int) -> bytes:
-    """Encode audio as a 16-bit PCM WAV file and return its bytes.
-
-    ``samples`` is 1-D (n,) mono or 2-D channels-first (channels, n), e.g.
-    ``GeneratedAudio.samples[i]``. Values are clipped to [-1, 1]; NaN becomes silence.
-    """
-    import soundfile as sf
-
-    arr = np.asarray(samples, dtype=np.float32)
-    if arr.ndim == 2:
-        arr = arr.T  # soundfile wants (frames, channels)
-    elif arr.ndim != 1:
-        raise ValueError(f"expected 1-D or (channels, n) samples, got shape {arr.shape}")
-    arr = np.clip(np.nan_to_num(arr), -1.0, 1.0)
-    buf = io.BytesIO()
-    sf.write(buf, arr, sample_rate, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
-
-
-def wav_info(data: bytes) -> tuple[int, float, int]:
-    """Return (sample_rate, duration_s, channels) of encoded audio; ValueError if unreadable."""
-    import soundfile as sf
-
-    try:
-        info = sf.info(io.BytesIO(data))
-    except (RuntimeError, TypeError) as exc:  # soundfile.LibsndfileError is a RuntimeError
-        raise ValueError(f"not readable audio: {exc}") from exc
-    return int(info.samplerate), info.frames / info.samplerate, int(info.channels)
 
 
 def _entry(kind: ModelKind, name_or_dir: str, device: str) -> _Entry:

@@ -9,9 +9,10 @@ What it measures
        clients for ``--requests`` submits, after ``--warmup`` submits. Only 202s count as
        accepted; anything else is an error and is reported.
     2. Baseline, same Postgres and RabbitMQ, in this process and without HTTP: a sequential
-       loop doing the API's per-task work with the app's own code (``Services.build``: the
-       same ``db.engine.Database``, ``db.tasks.insert_task`` of a ``db.models.Task``, the
-       broker from ``aimarket.broker.setup_broker`` and the compiled plan's
+       loop doing the API's per-task work with the app's own code
+       (``aimarket.app.build_services``: the same ``db.engine.Database``,
+       ``db.tasks.insert_task`` of a ``db.models.Task``, the broker from
+       ``aimarket.broker.setup_broker`` and the compiled plan's
        ``pipeline(broker, task_id).run()``, a blocking pika publish with delivery
        confirmation, called on the loop's own thread).
     3. The same baseline with ``--concurrency`` coroutines, publishing through

@@ -149,15 +149,15 @@ async def measure_bare(
     env: dict[str, str], args: argparse.Namespace, run_tag: str, api_pid: int
 ) -> list[Phase]:
     """The API's per-task work without HTTP: validate, INSERT + commit, confirmed publish."""
-    from api.services import Services
+    from aimarket.app import build_services
     from core.settings import load_settings
     from db.models import Task, TaskStatus
     from db.tasks import insert_task, utcnow
     from workflows.inputs import validate_input
 
-    # Services.build is exactly what the API process builds: the same Database (pool size),
+    # build_services is exactly what the API process builds: the same Database (pool size),
     # the broker from setup_broker (confirm_delivery=True) and the compiled plans.
-    services = Services.build(load_settings(env, env_file=None))
+    services = build_services(load_settings(env, env_file=None))
     workflow = services.workflows[WORKFLOW]
     plan = services.plans[WORKFLOW]
     c = args.concurrency

@@ -34,6 +34,15 @@ class MemoryState:
         with self._lock:
             self._task(task_id)["stages"][stage_id] = entry
 
+    async def stage_started(self, task_id: str, stage_id: str, after: str | None) -> bool | None:
+        now = time.time()
+        with self._lock:
+            stages = self._task(task_id)["stages"]
+            stages[stage_id] = {"status": "running", "at": now}
+            if after is not None:
+                stages[after] = {"status": "done", "at": now}
+            return self._cancelled.get(task_id, 0.0) >= time.monotonic()
+
     async def set_progress(self, task_id: str, stage_id: str, fraction: float) -> None:
         with self._lock:
             self._task(task_id)["progress"] = {"stage": stage_id, "fraction": fraction}

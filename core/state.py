@@ -118,6 +118,30 @@ class TaskState:
         value = msgspec.json.encode(entry)
         await self._best_effort(lambda: self._set_field(task_id, f"stage:{stage_id}", value), None)
 
+    async def stage_started(self, task_id: str, stage_id: str, after: str | None) -> bool | None:
+        """One round trip at a stage's start: records it ``running`` (and the stage ``after``
+        it, in a pipeline, ``done``: that stage left its own ending to this write), and says
+        whether the task is marked ended (cancelled, or failed by the sweep or ``task.fail``).
+        None while Redis cannot be reached: the caller then asks the database."""
+        now = time.time()
+        fields = {f"stage:{stage_id}": msgspec.json.encode({"status": "running", "at": now})}
+        if after is not None:
+            fields[f"stage:{after}"] = msgspec.json.encode({"status": "done", "at": now})
+        key = _task_key(task_id)
+
+        async def call() -> bool:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, mapping=fields)  # type: ignore[arg-type]  # (bytes values)
+                pipe.expire(key, self.ttl_s)
+                pipe.exists(_cancel_key(task_id))
+                replies = await pipe.execute()
+            return bool(replies[-1])
+
+        try:
+            return await self._call(call)
+        except StateUnavailable:
+            return None
+
     async def set_progress(self, task_id: str, stage_id: str, fraction: float) -> None:
         """Decoding progress of the running stage, 0..1 (callers bound the rate)."""
         value = msgspec.json.encode({"stage": stage_id, "fraction": round(fraction, 4)})

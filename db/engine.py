@@ -39,9 +39,19 @@ class Database:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         # expire_on_commit=False: rows are read after commit to build responses.
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # One statement, one round trip: without a transaction around it, a lone read or a
+        # conditional UPDATE costs no BEGIN and COMMIT/ROLLBACK (three round trips to one).
+        self._single = async_sessionmaker(
+            self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+        )
 
     def session(self) -> AsyncSession:
         return self.sessions()
+
+    def single(self) -> AsyncSession:
+        """A session for ONE statement that is atomic by itself (a read by key, a
+        conditional UPDATE): it runs outside any transaction, committed as it runs."""
+        return self._single()
 
     async def dispose(self) -> None:
         await self.engine.dispose()

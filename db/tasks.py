@@ -29,7 +29,7 @@ async def insert_task(db: Database, task: Task) -> Task:
 
 
 async def get_task(db: Database, task_id: str) -> Task | None:
-    async with db.session() as session:
+    async with db.single() as session:
         return await session.get(Task, task_id)
 
 
@@ -56,7 +56,7 @@ async def unfinished_tasks(db: Database) -> list[tuple[str, str]]:
 async def start_task(db: Database, task_id: str) -> bool:
     """queued -> running, setting started_at. True only for the call that made the move (so
     the ``started`` event is sent once, however many stages or deliveries race to it)."""
-    async with db.session() as session, session.begin():
+    async with db.single() as session:  # one conditional UPDATE: atomic by itself
         result = await session.execute(
             update(Task)
             .where(Task.id == task_id, Task.status == TaskStatus.QUEUED)

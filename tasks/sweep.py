@@ -44,7 +44,6 @@ from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any, Literal, Protocol
 
 import dramatiq
@@ -57,9 +56,10 @@ from core.state import OUTAGE_ERRORS
 from db import stage_runs
 from db.callbacks import pending_deliveries
 from db.engine import Database
-from db.models import RunStatus, StageRun, Task, TaskStatus
-from db.tasks import finish_task, stale_active_tasks, untold_ended_tasks
-from workflows.compiler import CALLBACK_ACTOR, Plan, announce_end
+from db.models import RunStatus, StageRun, Task
+from db.tasks import stale_active_tasks, untold_ended_tasks
+from tasks.lifecycle import Lifecycle
+from workflows.compiler import CALLBACK_ACTOR, Plan
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +193,8 @@ class Sweeper:
     plans: dict[str, Plan]
     settings: Settings
     marks: Marks
+    #: Every ending goes through it (and so tells the client the same way).
+    lifecycle: Lifecycle
     #: (ready, delayed, dead) per queue; blocking (it may ask RabbitMQ).
     queue_counts: Callable[[], QueueCounts]
     #: Where blocking publishes run (threads that keep their broker connection).
@@ -332,7 +334,7 @@ class Sweeper:
         if await self._waiting(plan, events, runs):
             return None  # its next message is in a queue behind others (or a retry delay)
         if resumed is None:
-            await self._publish(plan.resume, self.broker, task.id)
+            await self.lifecycle.resume(task.id, task.workflow)
             await self.marks.set_resumed(task.id, now)
             return Action(
                 task_id=task.id,
@@ -353,29 +355,10 @@ class Sweeper:
         return any(sum(self._counts.get(q, (0, 0, 0))[:2]) > 0 for q in queues)
 
     async def _end(self, task: Task, code: Kind, reason: str) -> Action | None:
-        """End the task ``failed`` with ``code`` and tell the client, as ``task.fail`` does.
-
-        The row is ended here, before anything else, rather than by sending ``task.fail``: the
-        cancel mark stops a running generation with its own error, which must find the task
-        already ended (as after a cancel) instead of racing ``task.fail`` to end it.
-        """
-        message = f"task {reason}"
-        if not await finish_task(
-            self.db, task.id, TaskStatus.FAILED, error_code=code, error_message=message
-        ):
+        """End the task ``failed`` with ``code`` and tell the client (Lifecycle.end_stopped)."""
+        ended = await self.lifecycle.end_stopped(task.id, task.workflow, code, f"task {reason}")
+        if not ended:
             return None  # it ended meanwhile: first ending wins
-        try:
-            await self.state.set_cancelled(task.id)
-            await self.state.set_result(task.id, {"status": TaskStatus.FAILED, "code": code})
-        except Exception as exc:  # the row says failed: nothing after this stage will run
-            log.warning("sweep: could not mark task %s in the state: %s", task.id, exc)
-        try:
-            plan = self.plans.get(task.workflow)
-            await self._publish(
-                partial(announce_end, failed=True), self.broker, task.id, task.workflow, plan
-            )
-        except Exception as exc:
-            log.error("sweep: could not queue the callback of task %s: %s", task.id, exc)
         return Action(task_id=task.id, workflow=task.workflow, action=code, reason=reason)
 
     async def _publish(self, fn: Callable[..., object], *args: Any) -> None:
@@ -421,5 +404,5 @@ def _next_queues(plan: Plan, events: dict[str, Any], runs: list[StageRun]) -> se
     return {
         plan.step(r.stage_id).queue
         for r in runs
-        if r.stage_id in plan._index and RunStatus(r.status) in waiting
+        if plan.has(r.stage_id) and RunStatus(r.status) in waiting
     }

@@ -10,6 +10,7 @@ from typing import Any
 
 from dramatiq.middleware import CurrentMessage
 
+from actors.context import StageContext
 from actors.registry import stage
 from actors.resources import resources
 from core.state import OUTAGE_ERRORS
@@ -28,14 +29,16 @@ async def count(task_id: str, stage_id: str) -> int:
 
 
 @stage("test.echo", outputs=("value", "runs"))
-async def echo(task_id: str, workflow: str, stage_id: str, given: Any = None) -> dict[str, Any]:
+async def echo(ctx: StageContext, given: Any = None) -> dict[str, Any]:
     """Returns its input as ``value``."""
+    task_id, stage_id = ctx.task_id, ctx.stage_id
     return {"value": given, "runs": await count(task_id, stage_id)}
 
 
 @stage("test.flaky", outputs=("attempt",))
-async def flaky(task_id: str, workflow: str, stage_id: str, given: Any = None) -> dict[str, Any]:
+async def flaky(ctx: StageContext, given: Any = None) -> dict[str, Any]:
     """Fails its first attempt with a connection error, then succeeds."""
+    task_id, stage_id = ctx.task_id, ctx.stage_id
     await count(task_id, stage_id)
     message = CurrentMessage.get_current_message()
     attempt = (message.options.get("retries", 0) if message else 0) + 1
@@ -45,24 +48,25 @@ async def flaky(task_id: str, workflow: str, stage_id: str, given: Any = None) -
 
 
 @stage("test.boom")
-async def boom(task_id: str, workflow: str, stage_id: str, given: Any = None) -> dict[str, Any]:
+async def boom(ctx: StageContext, given: Any = None) -> dict[str, Any]:
+    task_id, stage_id = ctx.task_id, ctx.stage_id
     await count(task_id, stage_id)
     raise RuntimeError("boom")
 
 
 @stage("test.sleep")
-async def sleep(task_id: str, workflow: str, stage_id: str, given: Any = None) -> dict[str, Any]:
+async def sleep(ctx: StageContext, given: Any = None) -> dict[str, Any]:
+    task_id, stage_id = ctx.task_id, ctx.stage_id
     await count(task_id, stage_id)
     await asyncio.sleep(float((given or {}).get("seconds", 5)))
     return {}
 
 
 @stage("test.fail_while_marker")
-async def fail_while_marker(
-    task_id: str, workflow: str, stage_id: str, given: Any = None
-) -> dict[str, Any]:
+async def fail_while_marker(ctx: StageContext, given: Any = None) -> dict[str, Any]:
     """Fails (a RuntimeError) while the file ``given["marker"]`` exists: a cause an operator
     can fix (remove the file) before retrying the dead-lettered message."""
+    task_id, stage_id = ctx.task_id, ctx.stage_id
     await count(task_id, stage_id)
     message = CurrentMessage.get_current_message()
     attempt = (message.options.get("retries", 0) if message else 0) + 1

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from actors.audio_input import MAX_AUDIO_BYTES, decode_audio, fetch_audio
-from actors.errors import StageError
 from api.uploads import MAX_UPLOAD_BYTES
+from audio.audio_input import MAX_AUDIO_BYTES, decode_audio, fetch_audio
+from core.errors import StageError
 from core.settings import Settings
 from tests.conftest import TOKEN, Api, Receiver, free_port
 from workflows.inputs import InputError, input_json_schema, validate_input

@@ -18,8 +18,8 @@ import pytest
 import redis
 
 from actors.batching import Batcher, Request
-from actors.errors import StageError
 from actors.progress import MIN_INTERVAL_S, ProgressReporter, TaskCancelled
+from core.errors import StageError
 from core.memory_state import MemoryState
 from tests.conftest import Proc, Receiver
 

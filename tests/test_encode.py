@@ -182,7 +182,7 @@ def test_unknown_format_and_garbage_are_refused() -> None:
 
 
 def test_the_store_stage_reads_format_and_loudness_from_the_task_input() -> None:
-    from actors.errors import StageError
+    from core.errors import StageError
 
     assert requested_encoding({}) == ("wav", None)
     assert requested_encoding({"format": "mp3", "loudness_lufs": -16.0}) == ("mp3", -16.0)

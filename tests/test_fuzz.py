@@ -95,7 +95,7 @@ def _schema(
 ) -> Iterator[OpenApiSchema]:
     """The document of a fresh app, whose lifespan runs until the test ends (schemathesis ends
     it after each test, and the app's cannot start twice)."""
-    from api import app as app_module
+    from aimarket import app as app_module
 
     env = {
         "MARKETPLACE_TOKEN": TOKEN,

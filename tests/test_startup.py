@@ -129,7 +129,7 @@ def test_importing_the_api_registers_no_actor_before_the_broker_is_set() -> None
     # An actor module imported before setup_broker() would register on Dramatiq's default
     # broker, and the real one (embedded or RabbitMQ) would not know that actor.
     code = (
-        "import sys, api.app, aimarket.cli; "
+        "import sys, api.app, aimarket.app, aimarket.cli; "
         "mods = [m for m in ('actors.lifecycle', 'actors.generate', 'actors.dag', 'actors.all') "
         "if m in sys.modules]; print(mods)"
     )

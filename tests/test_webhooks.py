@@ -24,8 +24,8 @@ from typing import Any
 import httpx
 import pytest
 
-from actors.webhooks import secret_key, sign, webhook_secret
 from core.settings import Settings, SettingsError, load_settings
+from core.signing import secret_key, sign, webhook_secret
 from core.ssrf import Allowlist, Unresolvable, UnsafeURL, check_url
 from tests.conftest import TOKEN, Api, Receiver, embedded_env, free_port, serve, stop
 

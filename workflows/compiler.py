@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import dramatiq
+import msgspec
 
 from workflows.spec import Stage, Workflow
 
@@ -27,6 +28,32 @@ START_ACTOR = "task.start"
 RESUME_ACTOR = "task.resume"
 #: The actor that POSTs the final task view to the client.
 CALLBACK_ACTOR = "task.callback"
+
+
+#: The message option naming the stage before this one in a pipeline, whose ``done`` this
+#: stage records as it starts (one state write per stage, not two).
+AFTER_OPTION = "after"
+#: The message option carrying :class:`TaskFacts`.
+FACTS_OPTION = "task"
+
+
+class TaskFacts(msgspec.Struct, frozen=True, kw_only=True):
+    """What a pipeline's messages carry about their task, fixed when it is submitted, so a
+    stage decides whether it runs without reading the task's row (``tasks/lifecycle.py``)."""
+
+    #: UNIX time past which no stage may start (created_at + the workflow's deadline).
+    deadline_at: float
+    #: The intermediate events the client asked for (``started``, ``progress``).
+    events: tuple[str, ...] = ()
+
+    def option(self) -> dict[str, Any]:
+        return {FACTS_OPTION: msgspec.to_builtins(self)}
+
+    @classmethod
+    def of(cls, options: Mapping[str, Any]) -> TaskFacts | None:
+        """The facts in a message's options (None in messages sent without them)."""
+        raw = options.get(FACTS_OPTION)
+        return None if raw is None else msgspec.convert(raw, cls)
 
 
 @dataclass(frozen=True)
@@ -67,10 +94,18 @@ class Plan:
     def step(self, stage_id: str) -> Step:
         return self._index[stage_id]
 
-    def start(self, broker: dramatiq.Broker, task_id: str) -> None:
+    def has(self, stage_id: str) -> bool:
+        """Whether ``stage_id`` is a stage (main or handler) of this plan."""
+        return stage_id in self._index
+
+    def is_handler(self, stage_id: str) -> bool:
+        """Whether ``stage_id`` runs after the task has ended (on_failure or finally)."""
+        return any(step.stage.id == stage_id for step in (*self.on_failure, *self.finally_))
+
+    def start(self, broker: dramatiq.Broker, task_id: str, facts: TaskFacts | None = None) -> None:
         """Publish the first message of a run (blocking: call it from a thread)."""
         if self.mode == "pipeline":
-            self.pipeline(broker, task_id).run()  # type: ignore[no-untyped-call]
+            self.pipeline(broker, task_id, facts).run()  # type: ignore[no-untyped-call]
         else:
             broker.enqueue(self._control(START_ACTOR, task_id))
 
@@ -92,12 +127,22 @@ class Plan:
             options={"max_retries": 10, "min_backoff": 500},
         )
 
-    def pipeline(self, broker: dramatiq.Broker, task_id: str) -> dramatiq.pipeline:
-        """The straight run: every stage, then the ``finally`` handlers."""
-        steps = (*self.steps, *self.finally_)
-        return dramatiq.pipeline(
-            [s.message(self.workflow.name, task_id) for s in steps], broker=broker
-        )
+    def pipeline(
+        self, broker: dramatiq.Broker, task_id: str, facts: TaskFacts | None = None
+    ) -> dramatiq.pipeline:
+        """The straight run: every stage, then the ``finally`` handlers. With ``facts``, each
+        main stage's message carries them, and names the main stage before it (AFTER_OPTION)."""
+        name = self.workflow.name
+        messages = []
+        for i, step in enumerate(self.steps):
+            extra: dict[str, Any] = {}
+            if facts is not None:
+                extra |= facts.option()
+                if i:
+                    extra[AFTER_OPTION] = self.steps[i - 1].stage.id
+            messages.append(step.message(name, task_id, **extra))
+        messages += [s.message(name, task_id) for s in self.finally_]
+        return dramatiq.pipeline(messages, broker=broker)
 
     def handlers(self, broker: dramatiq.Broker, task_id: str, failed: bool) -> dramatiq.pipeline:
         """What runs once the task has ended: on_failure (when it failed), then finally."""
@@ -117,22 +162,8 @@ class Plan:
         else:
             steps = self.handler_steps(failed=status == "failed")
             if not steps:
-                return True  # announce_end sends the callback itself
+                return True  # the lifecycle's announce_end sends the callback itself
         return any(step.stage.actor == CALLBACK_ACTOR for step in steps)
-
-
-def announce_end(
-    broker: dramatiq.Broker, task_id: str, workflow: str, plan: Plan | None, *, failed: bool
-) -> None:
-    """Tell the client that a task ended other than by its own last stage (a stage failed for
-    good, a cancel, the sweep): the workflow's handlers that apply (``on_failure`` only when
-    it failed, then ``finally``) when it has any, else the callback (also when the workflow
-    is gone: ``plan`` None). Blocking (a confirmed publish): call it from a thread."""
-    if plan is not None and plan.handler_steps(failed):
-        plan.handlers(broker, task_id, failed=failed).run()  # type: ignore[no-untyped-call]
-    else:
-        callback = broker.get_actor(CALLBACK_ACTOR)
-        broker.enqueue(callback.message(task_id, workflow, "callback"))
 
 
 def message_options(stage: Stage) -> dict[str, Any]:

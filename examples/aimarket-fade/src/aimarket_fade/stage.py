@@ -27,7 +27,7 @@ It returns ``{"media": [...]}``, the same items in the same order with each audi
 (another stage may still read them).
 
 Errors: a missing or malformed ``media`` list or a negative ``seconds`` raise
-:class:`~actors.errors.StageError` (``invalid_fade``), and an audio blob that has already
+:class:`~core.errors.StageError` (``invalid_fade``), and an audio blob that has already
 expired raises ``media_lost``: both end the task at once, as no retry can fix them. Anything
 else (a broken connection to the state store) is retried by the stage's retry policy.
 """
@@ -37,10 +37,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from actors.context import StageContext
 from actors.dag import current_item
-from actors.errors import StageError
 from actors.registry import stage
-from actors.resources import resources
+from core.errors import StageError
 from core.state import blob_key
 
 __all__ = ["DEFAULT_SECONDS", "apply"]
@@ -50,19 +50,18 @@ DEFAULT_SECONDS = 0.5
 
 
 @stage("fade.apply", queue="default", outputs=("media",))
-async def apply(
-    task_id: str, workflow: str, stage_id: str, given: dict[str, Any] | None = None
-) -> dict[str, Any]:
+async def apply(ctx: StageContext, given: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fade each ``audio/wav`` item of ``given["media"]`` in and out over ``seconds``;
     returns ``{"media": [...]}`` (see the module docstring)."""
     from aimarket_fade.audio import fade_wav  # numpy and soundfile: only when a stage runs
 
+    task_id, stage_id = ctx.task_id, ctx.stage_id
     given = given or {}
     media = given.get("media")
     if not isinstance(media, list) or not all(isinstance(m, dict) for m in media):
         raise StageError("invalid_fade", "fade.apply needs 'media': a list of media items")
-    seconds = _seconds(given, workflow, stage_id)
-    handoff = resources().handoff
+    seconds = _seconds(given, ctx)
+    handoff = ctx.res.handoff
     item = current_item()  # two items of a foreach stage must not share a blob key
     name = stage_id if item < 0 else f"{stage_id}.{item}"
     out: list[dict[str, Any]] = []
@@ -82,11 +81,11 @@ async def apply(
     return {"media": out}
 
 
-def _seconds(given: dict[str, Any], workflow: str, stage_id: str) -> float:
+def _seconds(given: dict[str, Any], ctx: StageContext) -> float:
     """The fade length: the stage's input, else its ``params.seconds``, else the default."""
     value = given.get("seconds")
     if value is None:
-        value = resources().stage(workflow, stage_id).params.get("seconds", DEFAULT_SECONDS)
+        value = ctx.res.stage(ctx.workflow, ctx.stage_id).params.get("seconds", DEFAULT_SECONDS)
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise StageError("invalid_fade", f"the fade length must be 0 or more seconds: {value!r}")
     return float(value)

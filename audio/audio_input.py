@@ -10,7 +10,7 @@ redirects and with a timeout, and only from public addresses (the SSRF guard of
 ``AUDIO_URL_ALLOWLIST`` exempts hosts and ranges). This module imports neither torch nor
 audiocraft (the API process uses :func:`decode_audio` for uploads).
 
-Every refusal is a :class:`~actors.errors.StageError` with one of the codes
+Every refusal is a :class:`~core.errors.StageError` with one of the codes
 ``audio_unavailable`` (missing upload, unreachable URL, HTTP error, redirect, too big, a
 non-public address),
 ``not_audio`` (libsndfile cannot read it) and ``audio_too_long``.
@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import numpy.typing as npt
 
-from actors.errors import StageError
+from core.errors import StageError
 from core.ssrf import UnsafeURL, pinned, safe_addresses
 
 #: The most bytes read for one input (upload body, stored object or URL response).

@@ -1,4 +1,5 @@
-"""Errors a stage raises to end its task with a code the client can act on."""
+"""Errors a stage (or the audio code under it) raises to end its task with a code the client
+can act on. In the kernel because every layer that runs stage work raises them."""
 
 from __future__ import annotations
 
