@@ -23,7 +23,7 @@ from core.errors import StageError
 from db import stage_runs
 from db.models import RunStatus, Task, TaskStatus
 from db.stage_runs import STAGE
-from db.tasks import finish_task, get_task
+from db.tasks import get_task
 from workflows.compiler import Plan, Step
 from workflows.expressions import ExpressionError, evaluate, truthy
 
@@ -173,9 +173,7 @@ async def _finish_if_done(res: Resources, plan: Plan, task_id: str) -> None:
         return
     # Normally a stage (task.aggregate) has ended the task with its outputs; a workflow
     # without one still ends, so no task stays running forever.
-    await finish_task(res.db, task_id, TaskStatus.SUCCEEDED)
-    task = await get_task(res.db, task_id)
-    if task is None or task.status != TaskStatus.SUCCEEDED:
+    if not await res.lifecycle.settle(task_id):
         return  # failed or cancelled: task.fail runs the handlers
     if plan.finally_ and await stage_runs.claim(res.db, task_id, FINALLY, RunStatus.SUCCEEDED):
         await asyncio.to_thread(plan.handlers(res.broker, task_id, failed=False).run)

@@ -18,9 +18,10 @@ from actors.context import StageContext
 from actors.dag import current_item
 from actors.progress import ProgressReporter
 from actors.registry import stage
-from actors.resources import resources
+from actors.resources import Resources, resources
 from core.errors import StageError
 from core.metrics import observe_generation
+from core.settings import Settings
 from core.state import blob_key
 from workflows.limits import MIN_DURATION_S, MIN_TEMPERATURE
 
@@ -103,8 +104,7 @@ def _generate_seeded(request: Request) -> Clip:
     return Clip(audio.samples[0], audio.sample_rate, 1)
 
 
-def model_setting(kind: Kind) -> str:
-    settings = resources().settings
+def model_setting(settings: Settings, kind: Kind) -> str:
     return settings.music_gen_model if kind == "musicgen" else settings.audio_gen_model
 
 
@@ -117,7 +117,7 @@ async def run_generation(kind: Kind, ctx: StageContext, given: Any = None) -> di
     # Already running: the stage's start (tasks.lifecycle.decide) moved it out of queued.
     task = await ctx.active_task()
     params = res.stage(ctx.workflow, stage_id).params
-    model_ref = str(params.get("model") or model_setting(kind))
+    model_ref = str(params.get("model") or model_setting(res.settings, kind))
     inputs = given if isinstance(given, dict) and "prompt" in given else task.input
     prompt, duration = str(inputs["prompt"]), float(inputs["duration"])
     seed = inputs.get("seed")
@@ -139,9 +139,9 @@ async def run_generation(kind: Kind, ctx: StageContext, given: Any = None) -> di
         # Conditioned on input audio: run alone (never batched), under the model's lock.
         mode: AudioMode = "continuation" if inputs.get("audio_prompt") else "melody"
         clip = await _generate_from_audio(
-            mode, kind, model_ref, str(audio_ref), prompt, duration, inputs, progress
+            res, mode, kind, model_ref, str(audio_ref), prompt, duration, inputs, progress
         )
-        return await _store_clip(task_id, stage_id, clip)
+        return await _store_clip(ctx, clip)
     request = Request(
         kind=kind,
         model=model_ref,
@@ -157,7 +157,7 @@ async def run_generation(kind: Kind, ctx: StageContext, given: Any = None) -> di
         clip = await asyncio.wrap_future(batcher().submit(request))
     except audio_models.ModelLoadError as exc:
         raise StageError("model_unavailable", str(exc)) from None
-    return await _store_clip(task_id, stage_id, clip)
+    return await _store_clip(ctx, clip)
 
 
 def _check_floors(duration: float, inputs: Mapping[str, Any]) -> None:
@@ -183,6 +183,7 @@ AudioMode = Literal["continuation", "melody"]
 
 
 async def _generate_from_audio(
+    res: Resources,
     mode: AudioMode,
     kind: Kind,
     model_ref: str,
@@ -198,7 +199,6 @@ async def _generate_from_audio(
     from audio import audio_models
     from audio.audio_input import fetch_audio
 
-    res = resources()
     samples, rate = await fetch_audio(audio_ref, res)
     seed = inputs.get("seed")
     call = (
@@ -229,10 +229,10 @@ async def _generate_from_audio(
     return Clip(audio.samples[0], audio.sample_rate, 1)
 
 
-async def _store_clip(task_id: str, stage_id: str, clip: Clip) -> dict[str, Any]:
+async def _store_clip(ctx: StageContext, clip: Clip) -> dict[str, Any]:
     from audio import audio_models
 
-    res = resources()
+    res, task_id, stage_id = ctx.res, ctx.task_id, ctx.stage_id
     item = current_item()
     key = blob_key(task_id, stage_id if item < 0 else f"{stage_id}.{item}", 0)
     ref = await res.handoff.put(key, audio_models.encode_wav(clip.samples, clip.sample_rate))

@@ -12,7 +12,6 @@ import numpy.typing as npt
 from actors.context import StageContext
 from actors.dag import current_item
 from actors.registry import stage
-from actors.resources import resources
 from core.errors import StageError
 from core.state import blob_key
 
@@ -58,7 +57,7 @@ async def mix(ctx: StageContext, given: dict[str, Any] | None = None) -> dict[st
     levels = [float(x) for x in (given or {}).get("levels") or [1.0] * len(tracks)]
     if not tracks or len(levels) != len(tracks):
         raise StageError("invalid_mix", "mix needs tracks and one level per track")
-    handoff = resources().handoff
+    handoff = ctx.res.handoff
     wavs = []
     for track in tracks:
         data = await handoff.get(track["blob"])

@@ -9,7 +9,6 @@ from typing import Any
 
 from actors.context import StageContext
 from actors.registry import stage
-from actors.resources import resources
 from core.state import blob_key
 
 
@@ -31,7 +30,7 @@ async def visualize(ctx: StageContext, previous: dict[str, Any] | None = None) -
     through without pictures rather than failing the task.
     """
     task_id, stage_id = ctx.task_id, ctx.stage_id
-    handoff = resources().handoff
+    handoff = ctx.res.handoff
     media: list[dict[str, Any]] = []
     for index, item in enumerate((previous or {}).get("media", [])):
         media.append(item)

@@ -98,10 +98,27 @@ def setup_broker(settings: Settings, *, publisher: bool = False) -> dramatiq.Bro
         else RabbitmqBroker(url=url, confirm_delivery=True, middleware=middleware)
     )
     dramatiq.set_broker(broker)
-    import actors.all  # noqa: F401  (registers every stage actor on this broker)
+    # Imported here, once the broker is set: importing declares every actor on the broker of
+    # the moment (Dramatiq's way), and a broker created by default would be RabbitMQ's.
+    import actors.all
 
+    home = actors.all.declared_on()
+    if home is not broker:
+        _move_actors(home, broker)
     _broker = broker
     return broker
+
+
+def _move_actors(old: dramatiq.Broker, new: dramatiq.Broker) -> None:
+    """Declare on ``new`` the actors declared on ``old``. ``import actors.all`` declares them
+    on the broker of the moment, once per process: a process that sets up a broker again (an
+    app built twice, as tests do) would otherwise get one that knows no actor, and so no
+    stage (the stage catalog is read off the broker)."""
+    for name in old.get_declared_actors():
+        if name not in new.get_declared_actors():
+            actor = old.get_actor(name)
+            actor.broker = new
+            new.declare_actor(actor)
 
 
 def _message_metrics() -> dramatiq.Middleware:

@@ -25,7 +25,6 @@ import contextlib
 import dataclasses
 import hmac
 import logging
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -48,7 +47,7 @@ from api.errors import ApiError, error_response
 from api.services import ServicesDep
 from core.settings import Settings, SettingsError
 from db.models import Task, TaskStatus
-from db.tasks import get_task, reopen_task
+from db.tasks import get_task
 from tasks.sweep import Sweeper, SweepReport
 
 log = logging.getLogger(__name__)
@@ -360,14 +359,12 @@ async def list_dead_letters(
         409: error_response("The task has ended for good (`task_ended`, `deadline_passed`)"),
     },
 )
-async def retry_dead_letter(
-    message_id: str, services: ServicesDep, sweeper: Sweeper
-) -> DeadLetterDone:
+async def retry_dead_letter(message_id: str, services: ServicesDep) -> DeadLetterDone:
     broker = services.broker
     letter = await _find(broker, _queues(broker, None), message_id)
     reopened = False
     if letter.message.actor_name not in RESEND_ACTORS:
-        reopened = await _reopen_for(services, sweeper, letter)
+        reopened = await _reopen_for(services, letter)
     taken = await anyio.to_thread.run_sync(
         take_letter, broker, [letter.queue], message_id, make_resend(broker)
     )
@@ -435,21 +432,12 @@ async def _find(broker: dramatiq.Broker, queues: list[str], message_id: str) -> 
     return letter
 
 
-async def _reopen_for(services: ServicesDep, sweeper: Sweeper, letter: Letter) -> bool:
+async def _reopen_for(services: ServicesDep, letter: Letter) -> bool:
     """Make the task of a stage message able to run it again; True when it was reopened."""
     task = await _task_of(services, letter)
     if task is None or not TaskStatus(task.status).terminal:
         return False  # still running (or queued), or gone: the message is simply sent again
-    if task.status != TaskStatus.FAILED:
-        raise ApiError(409, "task_ended", f"task {task.id} has ended {task.status}")
-    deadline_s = sweeper.deadline_s(task)
-    if time.time() >= task.created_at.timestamp() + deadline_s:
-        # Reopened, it would be ended `timeout` by the next sweep.
-        raise ApiError(
-            409, "deadline_passed", f"task {task.id} is past its deadline of {deadline_s:g} s"
-        )
-    if not await reopen_task(services.db, task.id):
-        raise ApiError(409, "task_ended", f"task {task.id} has ended and cannot be reopened")
+    await services.lifecycle.reopen(task)
     return True
 
 

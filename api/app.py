@@ -72,7 +72,6 @@ def build_app(settings: Settings, services: Services, workers: Workers = no_work
         marks=make_marks(settings),
         lifecycle=services.lifecycle,
         queue_counts=lambda: queue_counts(services.broker),
-        publisher=services.publisher,
     )
 
     @asynccontextmanager

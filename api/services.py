@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -81,11 +80,6 @@ class Services:
             self.workflows,
             self.publisher,
         )
-
-    async def publish(self, plan: Plan, task_id: str) -> None:
-        """Queue a task's first message (a confirmed, blocking publish) off the event loop."""
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self.publisher, plan.start, self.broker, task_id)
 
     async def close(self) -> None:
         self.publisher.shutdown(wait=False)

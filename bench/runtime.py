@@ -38,7 +38,8 @@ How to run
 
 Its parts are the modules beside it: ``runtime_stack.py`` (the backends and the processes),
 ``runtime_measure.py`` (the drivers and a phase's figures), ``runtime_profile.py`` (``--count``
-and ``--py-spy``) and ``runtime_report.py`` (the machine, the ratios and the table).
+and ``--py-spy``) and ``runtime_report.py`` (the machine, the ratios and the table), with
+``stack.py`` and ``stats.py``, which bench/submit.py shares.
 """
 
 from __future__ import annotations
@@ -86,16 +87,12 @@ from bench.runtime_profile import (  # noqa: E402
 )
 from bench.runtime_report import GOALS, machine, ratios, render  # noqa: E402
 from bench.runtime_stack import (  # noqa: E402
-    BIN,
     CHANNEL,
-    PG,
     STAGES,
-    TOKEN,
     WORKFLOW,
     Backends,
     amqp_url,
     clean_env,
-    free_port,
     log,
     redis_url,
     require_reachable,
@@ -105,6 +102,7 @@ from bench.runtime_stack import (  # noqa: E402
     wait_file,
     wait_http,
 )
+from bench.stack import BIN, PG, TOKEN, free_port  # noqa: E402
 
 # --- (a) hand-written ----------------------------------------------------------------------
 

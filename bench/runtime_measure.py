@@ -13,17 +13,10 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from bench.runtime_stack import children, cpu_s
-
-
-def percentile(sorted_values: list[float], p: float) -> float:
-    """Nearest-rank percentile of an ascending list."""
-    if not sorted_values:
-        return math.nan
-    return sorted_values[max(1, math.ceil(p / 100 * len(sorted_values))) - 1]
+from bench.stats import CLK_TCK, machine_ticks, percentile
 
 
 @dataclass
@@ -104,7 +97,7 @@ async def one(submit: Submit, waiters: Waiters, i: int, limit_s: float) -> tuple
 
 def machine_jiffies() -> tuple[int, int]:
     """(busy, total) jiffies of all cores since boot, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    values = machine_ticks()
     idle = values[3] + values[4]
     return sum(values) - idle, sum(values)
 
@@ -130,9 +123,8 @@ def cpu_watch(phase: list[Phase]) -> Iterator[None]:
     busy1, total1 = machine_jiffies()
     own1 = own_cpu_s()
     if phase and total1 > total0:
-        hz = os.sysconf("SC_CLK_TCK")
         phase[0].machine_busy_pct = round(100 * (busy1 - busy0) / (total1 - total0), 1)
-        phase[0].bench_processes_pct = round(100 * (own1 - own0) * hz / (total1 - total0), 1)
+        phase[0].bench_processes_pct = round(100 * (own1 - own0) * CLK_TCK / (total1 - total0), 1)
 
 
 async def sequential(submit: Submit, waiters: Waiters, n: int, limit_s: float) -> Phase:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.runtime_stack import BIN, Proc, busiest_child, log
+from bench.runtime_stack import Proc, busiest_child, log
+from bench.stack import BIN
 
 
 @dataclass

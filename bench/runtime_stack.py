@@ -10,79 +10,44 @@ exists, so an error or Ctrl-C halfway removes what was made.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
 import os
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-PG = ("127.0.0.1", 5432)
-REDIS = ("127.0.0.1", 6379)
-RABBIT = ("127.0.0.1", 5672)
-REDIS_DB = 13
+from bench.stack import (
+    RABBIT,
+    REDIS,
+    ROOT,
+    Voice,
+    add_vhost,
+    backend_env,
+    create_database,
+    flush_redis,
+    pg_execute,
+)
+from bench.stack import clean_env as bare_env
+from bench.stats import CLK_TCK
+
+REDIS_DB = 13  # its own: the tests use 11, bench/submit.py 12
 WORKFLOW = "bench-noop"
 STAGES = 5
 STAGE_DIR = ROOT / "bench" / "runtime_stages"
 CHANNEL = "bench_task_done"
-TOKEN = "bench-token-" + uuid.uuid4().hex[:8]
 
-
-def log(message: str) -> None:
-    print(f"[runtime] {message}", file=sys.stderr, flush=True)
+VOICE = Voice("runtime")
+log = VOICE.log
+require_reachable = VOICE.require_reachable
 
 
 # --- Backends ----------------------------------------------------------------------------
-
-
-def require_reachable() -> None:
-    for name, addr in (("Postgres", PG), ("Redis", REDIS), ("RabbitMQ", RABBIT)):
-        try:
-            socket.create_connection(addr, timeout=2).close()
-        except OSError:
-            raise SystemExit(f"runtime: {name} is not reachable at {addr[0]}:{addr[1]}") from None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def pg(sql: str, database: str = "postgres") -> None:
-    import asyncpg  # type: ignore[import-untyped]
-
-    conn = await asyncpg.connect(host=PG[0], port=PG[1], user="postgres", database=database)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
-
-
-def quietly(what: str, action: Callable[[], object]) -> Callable[[], None]:
-    def run() -> None:
-        try:
-            action()
-        except Exception as exc:  # cleanup goes on with the rest
-            log(f"cleanup: could not {what}: {exc}")
-
-    return run
 
 
 #: Tells LISTENers of the bench's database when a task ends (bench-owned database only).
@@ -109,34 +74,14 @@ class Backends:
 def setup_backends(stack: contextlib.ExitStack) -> Backends:
     tag = uuid.uuid4().hex[:8]
     database = f"aimarket_bench_rt_{tag}"
-    asyncio.run(pg(f'CREATE DATABASE "{database}"'))
-    stack.callback(
-        quietly(
-            f"drop {database}",
-            lambda: asyncio.run(pg(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')),
-        )
-    )
-    url = f"postgresql+asyncpg://postgres@{PG[0]}:{PG[1]}/{database}"
-    from db.migrate import upgrade
-
-    upgrade(url, log=False)
-    asyncio.run(pg(TRIGGER_SQL, database))
+    url = create_database(VOICE, stack, database, alembic_log=False)
+    pg_execute(TRIGGER_SQL, database)
     vhosts = []
     for side in ("hw", "am"):
         vhost = f"aimarket-bench-rt-{tag}-{side}"
-        rabbitmqctl("add_vhost", vhost)
-        stack.callback(
-            quietly(f"delete {vhost}", functools.partial(rabbitmqctl, "delete_vhost", vhost))
-        )
-        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        add_vhost(VOICE, stack, vhost)
         vhosts.append(vhost)
-    import redis
-
-    def flush() -> None:
-        redis.Redis(host=REDIS[0], port=REDIS[1], db=REDIS_DB).flushdb()
-
-    flush()
-    stack.callback(quietly(f"flush Redis db {REDIS_DB}", flush))
+    flush_redis(VOICE, stack, REDIS_DB)
     data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-rt-")))
     log(f"database {database}, vhosts {vhosts[0]} and {vhosts[1]}, Redis db {REDIS_DB}")
     return Backends(url, database, vhosts[0], vhosts[1], data_dir)
@@ -153,10 +98,8 @@ def redis_url() -> str:
 
 
 def clean_env() -> dict[str, str]:
-    keep = ("PATH", "HOME", "LANG", "TMPDIR", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-    env = {k: v for k, v in os.environ.items() if k in keep or k.startswith("LC_")}
-    env["PYTHONPATH"] = str(ROOT)
-    return env
+    """bench/stack.py's clean environment, keeping this machine's OpenBLAS settings too."""
+    return bare_env("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
 def service_env(backends: Backends, count_dir: Path | None) -> dict[str, str]:
@@ -166,22 +109,13 @@ def service_env(backends: Backends, count_dir: Path | None) -> dict[str, str]:
     if count_dir is not None:
         modules.append("bench.runtime_stages.counting")
     env = clean_env()
+    env.update(backend_env(backends.database_url, REDIS_DB, backends.vhost_am))
     env.update(
-        MARKETPLACE_TOKEN=TOKEN,
-        DATABASE_URL=backends.database_url,
-        REDIS_HOST=REDIS[0],
-        REDIS_PORT=str(REDIS[1]),
-        REDIS_DB_NAME=str(REDIS_DB),
-        RABBITMQ_HOST=RABBIT[0],
-        RABBITMQ_PORT=str(RABBIT[1]),
-        RABBITMQ_VHOST=backends.vhost_am,
         DATA_DIR=str(backends.data_dir),
         WORKFLOWS_DIRS=str(STAGE_DIR / "workflows"),
         ACTOR_MODULES=",".join(modules),
-        WEBHOOK_SECRET="whsec_" + "b" * 43 + "=",
         DEVICE="cpu",
         HF_HUB_OFFLINE="1",
-        LOG_LEVEL="WARNING",
         # Off, as in bench/submit.py: the bench submits fast, as one user.
         RATE_LIMIT_PER_MINUTE="0",
         MAX_ACTIVE_TASKS_PER_USER="0",
@@ -258,7 +192,7 @@ def cpu_s(pid: int) -> float:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def busiest_child(pid: int) -> int:

@@ -42,7 +42,8 @@ How to run
 
 Its parts are the modules beside it: ``submit_stack.py`` (the backends and the API process),
 ``submit_load.py`` (the load on the API and the bare loops), ``submit_measure.py`` (a phase's
-figures and the CPU read from ``/proc``) and ``submit_report.py`` (the machine and the table).
+figures and the CPU read from ``/proc``) and ``submit_report.py`` (the machine and the table),
+with ``stack.py`` and ``stats.py``, which bench/runtime.py shares.
 
 Figures and their reading are in ``docs/benchmarks.md``.
 """

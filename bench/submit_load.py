@@ -19,16 +19,17 @@ from typing import Any
 
 import httpx
 
+from bench.stack import TOKEN
+from bench.stats import percentile
 from bench.submit_measure import (
     Phase,
     cpu_groups,
     cpu_snapshot,
     main_thread_cpu,
-    percentile,
     postgres_churn,
     summarize,
 )
-from bench.submit_stack import TOKEN, Api, log
+from bench.submit_stack import Api, log
 
 WORKFLOW = "text2music"
 INPUT: dict[str, Any] = {"prompt": "lofi hip hop with warm piano", "duration": 5}

@@ -12,18 +12,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
+from bench.stats import CLK_TCK, machine_ticks, percentile
 
 # --- Results ----------------------------------------------------------------------------
-
-
-def percentile(sorted_values: list[float], p: float) -> float:
-    """Nearest-rank percentile of an ascending list (no interpolation)."""
-    if not sorted_values:
-        return math.nan
-    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
-    return sorted_values[rank - 1]
 
 
 @dataclass
@@ -118,9 +109,8 @@ class MachineCpu:
 
 
 def _machine_cpu() -> MachineCpu:
-    f = [int(x) / CLK_TCK for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    # user nice system idle iowait irq softirq steal (guest time is inside user already)
-    total = sum(f[:8])
+    f = [x / CLK_TCK for x in machine_ticks()]
+    total = sum(f[:8])  # guest and guest_nice are inside user and nice already
     return MachineCpu(total - f[3] - f[4], total, f[5] + f[6], f[7])
 
 

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from bench.submit_stack import ROOT, pg_execute, rabbitmqctl
+from bench.stack import ROOT, pg_value, rabbitmqctl
 
 # --- Machine description ------------------------------------------------------------------
 
@@ -31,7 +31,7 @@ def machine() -> dict[str, str]:
                 info["cpu"] = line.split(":", 1)[1].strip()
                 break
     with contextlib.suppress(Exception):
-        info["postgres"] = pg_execute("SHOW server_version") or "?"
+        info["postgres"] = pg_value("SHOW server_version") or "?"
     with contextlib.suppress(Exception):
         info["rabbitmq"] = rabbitmqctl("version")
     with contextlib.suppress(Exception):

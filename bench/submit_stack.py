@@ -9,86 +9,39 @@ exists, so an error or Ctrl-C halfway removes what was made.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-PG = ("127.0.0.1", 5432)
-REDIS = ("127.0.0.1", 6379)
-RABBIT = ("127.0.0.1", 5672)
-REDIS_DB = 12
-TOKEN = "bench-token-" + uuid.uuid4().hex[:8]
+from bench.stack import (
+    BIN,
+    Voice,
+    add_vhost,
+    backend_env,
+    clean_env,
+    create_database,
+    flush_redis,
+    free_port,
+)
 
+REDIS_DB = 12  # its own: the tests use 11, bench/runtime.py 13
 
-def log(message: str) -> None:
-    # Progress goes to stderr so that --json leaves stdout machine-readable.
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
+VOICE = Voice("bench")
+log = VOICE.log
+quietly = VOICE.quietly
+require_reachable = VOICE.require_reachable
 
 
 # --- Backends -----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def require_reachable() -> None:
-    for name, addr in (("Postgres", PG), ("Redis", REDIS), ("RabbitMQ", RABBIT)):
-        try:
-            socket.create_connection(addr, timeout=2).close()
-        except OSError:
-            raise SystemExit(f"bench: {name} is not reachable at {addr[0]}:{addr[1]}") from None
-
-
-def pg_execute(sql: str) -> str | None:
-    """Run one statement on the maintenance database; returns the first value, if any."""
-    import asyncpg  # type: ignore[import-untyped]  # (no stubs)
-
-    async def run() -> str | None:
-        conn = await asyncpg.connect(host=PG[0], port=PG[1], user="postgres", database="postgres")
-        try:
-            value = await conn.fetchval(sql)
-        finally:
-            await conn.close()
-        return None if value is None else str(value)
-
-    return asyncio.run(run())
-
-
-def rabbitmqctl(*args: str, check: bool = True) -> str:
-    done = subprocess.run(
-        ["rabbitmqctl", "-q", *args], check=check, capture_output=True, text=True, timeout=60
-    )
-    return done.stdout.strip()
-
-
-def quietly(what: str, action: Callable[[], object]) -> Callable[[], None]:
-    """A clean-up step that reports its failure instead of hiding the original error."""
-
-    def run() -> None:
-        try:
-            action()
-        except Exception as exc:
-            log(f"clean-up: could not {what}: {type(exc).__name__}: {exc}")
-
-    return run
 
 
 @dataclass
@@ -103,32 +56,14 @@ def setup_backends(stack: contextlib.ExitStack) -> Backends:
     tag = uuid.uuid4().hex[:10]
 
     db_name = f"aimarket_bench_{tag}"
-    pg_execute(f'CREATE DATABASE "{db_name}"')
-    stack.callback(
-        quietly(
-            f"drop {db_name}",
-            lambda: pg_execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'),
-        )
-    )
-    url = f"postgresql+asyncpg://postgres@{PG[0]}:{PG[1]}/{db_name}"
-    from db.migrate import upgrade
-
-    upgrade(url)  # the real schema, through the Alembic migrations (never create_all)
+    url = create_database(VOICE, stack, db_name)
     log(f"database {db_name} migrated")
 
     vhost = f"aimarket-bench-{tag}"
-    rabbitmqctl("add_vhost", vhost)
-    stack.callback(quietly(f"delete vhost {vhost}", lambda: rabbitmqctl("delete_vhost", vhost)))
-    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    add_vhost(VOICE, stack, vhost)
     log(f"RabbitMQ vhost {vhost} created")
 
-    import redis
-
-    def flush() -> None:
-        redis.Redis(host=REDIS[0], port=REDIS[1], db=REDIS_DB).flushdb()
-
-    flush()
-    stack.callback(quietly(f"flush Redis db {REDIS_DB}", flush))
+    flush_redis(VOICE, stack, REDIS_DB)
 
     from moto.server import ThreadedMotoServer
 
@@ -141,34 +76,20 @@ def setup_backends(stack: contextlib.ExitStack) -> Backends:
 
 def service_env(backends: Backends) -> dict[str, str]:
     """The API's environment, built like tests/conftest.py's ``service_env``."""
-    # A clean slate: the developer's own settings (or a .env) must not leak in.
-    keep = ("PATH", "HOME", "LANG", "TMPDIR")
-    env = {k: v for k, v in os.environ.items() if k in keep or k.startswith("LC_")}
+    env = clean_env()
+    env.update(backend_env(backends.database_url, REDIS_DB, backends.vhost))
     env.update(
-        DATABASE_URL=backends.database_url,
-        REDIS_HOST=REDIS[0],
-        REDIS_PORT=str(REDIS[1]),
-        REDIS_DB_NAME=str(REDIS_DB),
-        RABBITMQ_HOST=RABBIT[0],
-        RABBITMQ_PORT=str(RABBIT[1]),
-        RABBITMQ_VHOST=backends.vhost,
         RABBITMQ_USER="guest",
         RABBITMQ_PASS="guest",
         S3_ENDPOINT_URL=backends.s3_endpoint,
         S3_BUCKET="aimarket-bench",
         AWS_ACCESS_KEY="testing",
         AWS_SECRET_KEY="testing",
-        MARKETPLACE_TOKEN=TOKEN,
-        WEBHOOK_SECRET="whsec_" + "b" * 43 + "=",
-        LOG_LEVEL="WARNING",
         # Limits off: no worker drains the queue, so MAX_QUEUE_DEPTH would refuse most submits;
         # the per-user checks are off too, so the figures stay comparable with earlier ones.
         RATE_LIMIT_PER_MINUTE="0",
         MAX_ACTIVE_TASKS_PER_USER="0",
         MAX_QUEUE_DEPTH="0",
-        # The API runs the code of the tree this file is in, as the baseline does, even when
-        # the installed (editable) package points at another checkout.
-        PYTHONPATH=str(ROOT),
     )
     return env
 

@@ -20,26 +20,25 @@ Guarantees, stated once:
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 import dramatiq
 
 from core.backends import State
 from core.settings import Settings
-from core.ssrf import Unresolvable, UnsafeURL, check_url
 from db import idempotency
 from db.engine import Database
 from db.models import Task, TaskStatus
-from db.tasks import finish_task, get_task, insert_task, start_task, utcnow
+from db.tasks import finish_task, get_task, insert_task, reopen_task, start_task, utcnow
+from tasks.decision import Decision, Verdict
 from tasks.errors import Refused
+from tasks.submission import Gate, Submission, Submitted, check_key, check_urls, same_body
 from workflows.compiler import AFTER_OPTION, CALLBACK_ACTOR, Plan, TaskFacts
 from workflows.inputs import InputError, validate_input
 from workflows.spec import Workflow
@@ -56,66 +55,6 @@ AFTER_END_ACTORS = frozenset({CALLBACK_ACTOR})
 #: waits in, say, a GPU queue: a marketplace shows "queued" while its users' tasks wait).
 BEFORE_START_ACTORS = frozenset({"task.validate"})
 CANCEL_MESSAGE = "cancelled by the client"
-
-
-class Submission(Protocol):
-    """What a client asks for (the API's ``CreateTask`` body, or the CLI's)."""
-
-    @property
-    def workflow(self) -> str: ...
-    @property
-    def user_id(self) -> str: ...
-    @property
-    def input(self) -> dict[str, Any]: ...
-    @property
-    def callback_url(self) -> str | None: ...
-    @property
-    def events(self) -> Sequence[str]: ...
-
-
-class Ticket(Protocol):
-    """A task's admission (a slot under the user's limits), given back if it is not queued."""
-
-    async def release(self) -> None: ...
-
-
-class Gate(Protocol):
-    """Admission control (``api/limits.py``): raises :class:`Refused` (429, 503) or admits."""
-
-    async def admit(self, plan: Plan, user_id: str, task_id: str) -> Ticket: ...
-
-
-@dataclass(frozen=True)
-class Submitted:
-    task: Task
-    #: True when an earlier submission with the same Idempotency-Key made ``task``.
-    replayed: bool
-
-
-class Verdict(enum.Enum):
-    RUN = "run"
-    #: The task has ended (cancelled, or failed in another branch): drop this stage and the
-    #: stages after it in a pipeline.
-    DROP = "drop"
-    #: Past the workflow's deadline: ``task.fail`` has been queued; drop as for DROP.
-    EXPIRED = "expired"
-
-
-@dataclass(frozen=True)
-class Decision:
-    """Whether a stage runs, decided once before it starts."""
-
-    verdict: Verdict
-    #: The task's row, read for this decision (None when it does not exist); stages use it
-    #: instead of reading it again.
-    task: Task | None = None
-    #: True for a main stage of an active task whose client wants ``progress`` events: its
-    #: end sends one.
-    progress: bool = False
-
-    @property
-    def runs(self) -> bool:
-        return self.verdict is Verdict.RUN
 
 
 Publish = Callable[[Callable[[], None]], Awaitable[None]]
@@ -157,14 +96,14 @@ class Lifecycle:
         """
         body_hash = None
         if idempotency_key is not None:
-            _check_key(idempotency_key)
+            check_key(idempotency_key)
             body_hash = idempotency.request_hash(
                 data.workflow, data.user_id, data.input, data.callback_url, list(data.events)
             )
             # Before validation: a replay costs one indexed read, no DNS look-up.
             earlier = await idempotency.task_by_key(self.db, data.user_id, idempotency_key)
             if earlier is not None:
-                return Submitted(_same_body(earlier, body_hash), replayed=True)
+                return Submitted(same_body(earlier, body_hash), replayed=True)
 
         workflow = self.workflows.get(data.workflow)
         if workflow is None:
@@ -177,7 +116,7 @@ class Lifecycle:
             clean_input = validate_input(workflow, data.input)
         except InputError as exc:
             raise Refused(422, "invalid_input", exc.message, exc.field) from None
-        await self._check_urls(workflow, clean_input, data.callback_url)
+        await check_urls(self.settings, workflow, clean_input, data.callback_url)
 
         task = Task(
             id=str(uuid.uuid4()),
@@ -211,7 +150,7 @@ class Lifecycle:
         if not inserted:
             await ticket.release()
             assert body_hash is not None
-            return Submitted(_same_body(task, body_hash), replayed=True)
+            return Submitted(same_body(task, body_hash), replayed=True)
         # Sent only after the commit above, so a worker never sees a task that is not there.
         try:
             facts = self.facts(task, plan)
@@ -229,27 +168,6 @@ class Lifecycle:
             unavailable = "the queue is unavailable; retry later"
             raise Refused(503, "queue_unavailable", unavailable) from None
         return Submitted(task, replayed=False)
-
-    async def _check_urls(
-        self, workflow: Workflow, clean_input: Mapping[str, Any], callback_url: str | None
-    ) -> None:
-        """Refuses a callback URL, or an ``audio`` input given as a URL, whose host is (or
-        resolves to) a loopback, link-local, private or reserved address not in the allowlist
-        (SSRF). Uploads (``upload:<id>``) need no check; the fetch checks again (DNS can
-        change)."""
-        settings = self.settings
-        if callback_url is not None:
-            await _refuse_unsafe(
-                callback_url, settings.callback_allowlist, "invalid_callback_url", "callback_url"
-            )
-        for name, spec in workflow.input.items():
-            value = clean_input.get(name)
-            if spec.type != "audio" or not isinstance(value, str) or value.startswith("upload:"):
-                continue
-            await _refuse_unsafe(
-                value, settings.audio_url_allowlist, "invalid_input", f"input.{name}",
-                what="audio URL", setting="AUDIO_URL_ALLOWLIST",
-            )  # fmt: skip
 
     # --- stages --------------------------------------------------------------------------
 
@@ -457,6 +375,37 @@ class Lifecycle:
             log.error("could not queue the callback of task %s: %s", task_id, exc)
         return True
 
+    async def settle(self, task_id: str) -> bool:
+        """A DAG run whose stages have all settled: it ends ``succeeded`` unless a stage has
+        ended it already (``task.aggregate``, with the outputs, or a failure or cancel). True
+        when it stands succeeded, so its ``finally`` handlers are due."""
+        await finish_task(self.db, task_id, TaskStatus.SUCCEEDED)
+        task = await get_task(self.db, task_id)
+        return task is not None and task.status == TaskStatus.SUCCEEDED
+
+    async def reopen(self, task: Task) -> None:
+        """failed -> running, so that a stage an operator retries (a dead letter) can finish
+        the task. Refused (409) for a task past its deadline (the next sweep would end it
+        ``timeout``) or that did not end ``failed``; a task still active needs no reopening."""
+        if not TaskStatus(task.status).terminal:
+            return
+        if task.status != TaskStatus.FAILED:
+            raise Refused(409, "task_ended", f"task {task.id} has ended {task.status}")
+        plan = self.plans.get(task.workflow)
+        deadline_s = self.deadline_s(plan) if plan else self.settings.task_deadline_s
+        if time.time() >= task.created_at.timestamp() + deadline_s:
+            raise Refused(
+                409, "deadline_passed", f"task {task.id} is past its deadline of {deadline_s:g} s"
+            )
+        if not await reopen_task(self.db, task.id):
+            raise Refused(409, "task_ended", f"task {task.id} has ended and cannot be reopened")
+
+    async def tell_again(self, task_id: str, workflow: str) -> None:
+        """Queue the final callback of an ended task whose client was never told (the sweep
+        decides when)."""
+        callback = self.broker.get_actor(CALLBACK_ACTOR).message(task_id, workflow, "callback")
+        await self._publish(partial(self.broker.enqueue, callback))
+
     async def resume(self, task_id: str, workflow: str) -> bool:
         """Start again a run whose messages were lost (an embedded restart, the sweep): a
         pipeline from its first stage, a DAG from the runs it had not finished (stages are
@@ -486,26 +435,6 @@ class Lifecycle:
         await self._publish(partial(self.broker.enqueue, callback))
 
 
-async def _refuse_unsafe(
-    url: str,
-    allowlist: str,
-    code: str,
-    field: str,
-    what: str = "callback_url",
-    setting: str = "CALLBACK_ALLOWLIST",
-) -> None:
-    """A 422 ``code`` naming ``field`` when ``url`` is unsafe to call (core.ssrf, whose
-    messages name ``what`` and ``setting``). A host that does not resolve now is accepted:
-    the request checks it again right before it is made (and a callback retries)."""
-    check = partial(check_url, url, allowlist, what=what, setting=setting)
-    try:
-        await asyncio.to_thread(check)
-    except Unresolvable:
-        return
-    except UnsafeURL as exc:
-        raise Refused(422, code, str(exc), field) from None
-
-
 def _starts(plan: Plan, actor: str, stage_id: str) -> bool:
     """Whether this pipeline stage is the one that moves its task to ``running``: the first
     main stage that is not a quick check before the wait (``task.validate``)."""
@@ -513,24 +442,3 @@ def _starts(plan: Plan, actor: str, stage_id: str) -> bool:
         if step.stage.actor not in BEFORE_START_ACTORS:
             return step.stage.id == stage_id
     return False
-
-
-def _check_key(key: str) -> None:
-    if not key or len(key) > idempotency.MAX_KEY_LENGTH:
-        raise Refused(
-            400, "invalid_request",
-            f"the Idempotency-Key must be 1 to {idempotency.MAX_KEY_LENGTH} characters",
-            "Idempotency-Key",
-        )  # fmt: skip
-
-
-def _same_body(task: Task, body_hash: str) -> Task:
-    """``task`` when it was submitted with this body, else the 409 of a reused key."""
-    if task.request_hash != body_hash:
-        raise Refused(
-            409, "idempotency_conflict",
-            f"this Idempotency-Key was already used for task {task.id} with another body; "
-            "use a new key for a new request",
-            "Idempotency-Key",
-        )  # fmt: skip
-    return task

@@ -41,7 +41,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterable
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -197,8 +196,6 @@ class Sweeper:
     lifecycle: Lifecycle
     #: (ready, delayed, dead) per queue; blocking (it may ask RabbitMQ).
     queue_counts: Callable[[], QueueCounts]
-    #: Where blocking publishes run (threads that keep their broker connection).
-    publisher: Executor | None = None
     _counts: QueueCounts | None = field(default=None, repr=False)
 
     async def run_once(self, *, now: float | None = None, wait_s: float = 0.0) -> SweepReport:
@@ -293,8 +290,7 @@ class Sweeper:
             self._counts = await asyncio.to_thread(self.queue_counts)
         if sum(self._counts.get(callback.queue_name, (0, 0, 0))[:2]) > 0:
             return None  # callbacks are waiting their turn: this one may be among them
-        message = callback.message(task.id, task.workflow, "callback")
-        await self._publish(self.broker.enqueue, message)
+        await self.lifecycle.tell_again(task.id, task.workflow)
         return Action(
             task_id=task.id,
             workflow=task.workflow,
@@ -360,10 +356,6 @@ class Sweeper:
         if not ended:
             return None  # it ended meanwhile: first ending wins
         return Action(task_id=task.id, workflow=task.workflow, action=code, reason=reason)
-
-    async def _publish(self, fn: Callable[..., object], *args: Any) -> None:
-        # Confirmed, blocking publishes: off the event loop.
-        await asyncio.get_running_loop().run_in_executor(self.publisher, fn, *args)
 
     async def close(self) -> None:
         await self.marks.close()

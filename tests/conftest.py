@@ -27,6 +27,9 @@ from typing import Any
 import httpx
 import pytest
 
+# Helpers shared by several test modules; their asserts report as a test module's would.
+pytest.register_assert_rewrite("tests.support")
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 TOKEN = "test-token-" + uuid.uuid4().hex[:8]
@@ -507,3 +510,165 @@ def receiver() -> Iterator[Receiver]:
     thread.start()
     yield rec
     server.shutdown()
+
+
+# --- Webhook receiver with scripted answers (tests/test_webhooks.py, test_callback_schedule.py)
+
+
+class Hooks:
+    """A receiver whose answers each test scripts per path; it records headers and body."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.calls: list[dict[str, Any]] = []
+        self.answers: dict[str, list[int]] = {}
+        self.cond = threading.Condition()
+        hooks = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                path = self.path
+                with hooks.cond:
+                    queue = hooks.answers.get(path, [])
+                    status = queue.pop(0) if queue else 200
+                    hooks.calls.append(
+                        {
+                            "path": path,
+                            "headers": {k.lower(): v for k, v in self.headers.items()},
+                            "raw": body,
+                            "body": json.loads(body),
+                            "answered": status,
+                        }
+                    )
+                    hooks.cond.notify_all()
+                self.send_response(status)
+                if 300 <= status < 400:
+                    self.send_header("location", hooks.url + "/followed")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait(self, path: str, count: int, timeout: float = 60) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                got = [c for c in self.calls if c["path"] == path]
+                if len(got) >= count:
+                    return got
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"{len(got)} calls to {path}, wanted {count}")
+                self.cond.wait(left)
+
+
+@pytest.fixture(scope="module")
+def hooks() -> Iterator[Hooks]:
+    h = Hooks()
+    yield h
+    h.server.shutdown()
+
+
+# --- The admin stack (tests/test_admin.py, tests/test_sweep.py) -----------------------------
+
+
+ADMIN_TOKEN = "admin-" + uuid.uuid4().hex
+#: A queue no worker of the admin stack reads: its messages wait there.
+PARKED = "parked"
+PARKED_WORKFLOW = f"""\
+name: pipe-parked
+version: 1
+description: A pipeline whose first stage waits in a queue no worker reads.
+input: {{}}
+stages:
+  - id: first
+    actor: test.echo
+    queue: {PARKED}
+  - id: callback
+    actor: task.callback
+"""
+
+
+@dataclass
+class AdminStack:
+    env: dict[str, str]
+    api: Api
+    worker: Proc
+    database_url: str
+
+    def output(self) -> str:
+        return f"--- api\n{self.api.proc.output()}\n--- worker\n{self.worker.output()}"
+
+
+@pytest.fixture(scope="session")
+def admin_stack(
+    service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[AdminStack]:
+    """API + worker with ADMIN_TOKEN, on a database and a vhost of their own. The periodic
+    sweep is slowed to once an hour: the tests run it through POST /v1/admin/sweep. The
+    worker reads the queues `default` and `callbacks` (all the test workflows need), not
+    PARKED. One stack for the whole session: tests/test_admin.py and tests/test_sweep.py share
+    it (a fixture of this conftest, not of either module)."""
+    from db.migrate import upgrade
+
+    with contextlib.ExitStack() as cleanup:
+        name = f"aimarket_admin_{uuid.uuid4().hex[:10]}"
+        _psql(f'CREATE DATABASE "{name}"')
+        cleanup.callback(_psql, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        database_url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+        upgrade(database_url)
+        vhost = f"aimarket-admin-{uuid.uuid4().hex[:8]}"
+        rabbitmqctl("add_vhost", vhost)
+        cleanup.callback(rabbitmqctl, "delete_vhost", vhost)
+        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        folder = tmp_path_factory.mktemp("admin-stack")
+        (folder / "pipe-parked.yaml").write_text(PARKED_WORKFLOW)
+        env = {
+            **service_env,
+            "DATABASE_URL": database_url,
+            "RABBITMQ_VHOST": vhost,
+            "ADMIN_TOKEN": ADMIN_TOKEN,
+            "SWEEP_INTERVAL_S": "3600",
+            "EXTRA_QUEUES": PARKED,
+            "WORKFLOWS_DIRS": f"{service_env['WORKFLOWS_DIRS']},{folder}",
+        }
+        api = serve(env, folder)
+        cleanup.callback(stop, api.proc)
+        worker = start(
+            [str(BIN / "aimarket"), "worker", "-Q", "default,callbacks", "-t", "4"],
+            env,
+            folder / "worker.log",
+            folder,
+        )
+        cleanup.callback(stop, worker)
+        yield AdminStack(env, api, worker, database_url)
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def admin(admin_stack: AdminStack) -> Iterator[httpx.Client]:
+    """A client of the admin stack holding the admin token."""
+    with httpx.Client(
+        base_url=admin_stack.api.url,
+        headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
+        timeout=60,
+    ) as c:
+        yield c
+
+
+@pytest.fixture
+def market(admin_stack: AdminStack) -> Iterator[httpx.Client]:
+    """A client of the admin stack holding the marketplace token."""
+    with httpx.Client(
+        base_url=admin_stack.api.url, headers={"authorization": f"Bearer {TOKEN}"}, timeout=30
+    ) as c:
+        yield c

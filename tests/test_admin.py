@@ -9,175 +9,28 @@ sweep of the session's API never sees their tasks (tests/test_sweep.py uses the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from tests.conftest import (
+    ADMIN_TOKEN,
     BIN,
     TOKEN,
+    AdminStack,
     Api,
-    Proc,
     Receiver,
-    _psql,
     embedded_env,
     serve,
-    start,
     stop,
 )
-
-ADMIN_TOKEN = "admin-" + uuid.uuid4().hex
-#: A queue no worker of the admin stack reads: its messages wait there.
-PARKED = "parked"
-PARKED_WORKFLOW = f"""\
-name: pipe-parked
-version: 1
-description: A pipeline whose first stage waits in a queue no worker reads.
-input: {{}}
-stages:
-  - id: first
-    actor: test.echo
-    queue: {PARKED}
-  - id: callback
-    actor: task.callback
-"""
-
-
-#: The one admin stack of the session (tests/test_sweep.py uses it too: pytest would give each
-#: module that names the fixture a stack of its own).
-_STACK: list[AdminStack] = []
-
-
-@dataclass
-class AdminStack:
-    env: dict[str, str]
-    api: Api
-    worker: Proc
-    database_url: str
-
-    def output(self) -> str:
-        return f"--- api\n{self.api.proc.output()}\n--- worker\n{self.worker.output()}"
-
-
-#: The one admin stack of the session (tests/test_sweep.py uses it too: pytest would give each
-#: module that names the fixture a stack of its own).
-_STACK: list[AdminStack] = []
-
-
-@pytest.fixture(scope="session")
-def admin_stack(
-    service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[AdminStack]:
-    """API + worker with ADMIN_TOKEN, on a database and a vhost of their own. The periodic
-    sweep is slowed to once an hour: the tests run it through POST /v1/admin/sweep. The
-    worker reads the queues `default` and `callbacks` (all the test workflows need), not
-    PARKED."""
-    if _STACK:  # started for the other module
-        yield _STACK[0]
-        return
-    from db.migrate import upgrade
-
-    with contextlib.ExitStack() as cleanup:
-        name = f"aimarket_admin_{uuid.uuid4().hex[:10]}"
-        _psql(f'CREATE DATABASE "{name}"')
-        cleanup.callback(_psql, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        database_url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-        upgrade(database_url)
-        vhost = f"aimarket-admin-{uuid.uuid4().hex[:8]}"
-        rabbitmqctl("add_vhost", vhost)
-        cleanup.callback(rabbitmqctl, "delete_vhost", vhost)
-        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        folder = tmp_path_factory.mktemp("admin-stack")
-        (folder / "pipe-parked.yaml").write_text(PARKED_WORKFLOW)
-        env = {
-            **service_env,
-            "DATABASE_URL": database_url,
-            "RABBITMQ_VHOST": vhost,
-            "ADMIN_TOKEN": ADMIN_TOKEN,
-            "SWEEP_INTERVAL_S": "3600",
-            "EXTRA_QUEUES": PARKED,
-            "WORKFLOWS_DIRS": f"{service_env['WORKFLOWS_DIRS']},{folder}",
-        }
-        api = serve(env, folder)
-        cleanup.callback(stop, api.proc)
-        worker = start(
-            [str(BIN / "aimarket"), "worker", "-Q", "default,callbacks", "-t", "4"],
-            env,
-            folder / "worker.log",
-            folder,
-        )
-        cleanup.callback(stop, worker)
-        _STACK.append(AdminStack(env, api, worker, database_url))
-        yield _STACK[0]
-
-
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True)
-
-
-@pytest.fixture
-def admin(admin_stack: AdminStack) -> Iterator[httpx.Client]:
-    """A client of the admin stack holding the admin token."""
-    with httpx.Client(
-        base_url=admin_stack.api.url,
-        headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
-        timeout=60,
-    ) as c:
-        yield c
-
-
-@pytest.fixture
-def market(admin_stack: AdminStack) -> Iterator[httpx.Client]:
-    """A client of the admin stack holding the marketplace token."""
-    with httpx.Client(
-        base_url=admin_stack.api.url, headers={"authorization": f"Bearer {TOKEN}"}, timeout=30
-    ) as c:
-        yield c
-
-
-def wait_for_status(
-    receiver: Receiver, task_id: str, status: str, timeout: float = 60
-) -> dict[str, Any]:
-    """The first callback for ``task_id`` that reports ``status``."""
-    deadline = time.monotonic() + timeout
-    with receiver.event:
-        while True:
-            for body in receiver.calls:
-                if body.get("task_id") == task_id and body.get("status") == status:
-                    return body
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no '{status}' callback for {task_id} within {timeout}s")
-            receiver.event.wait(left)
-
-
-def runs(env: dict[str, str], task_id: str, stage_id: str) -> int:
-    r = redis.Redis(host="127.0.0.1", port=6379, db=int(env["REDIS_DB_NAME"]))
-    return int(r.get(f"aimarket:test:runs:{task_id}:{stage_id}") or 0)
-
-
-def submit(client: httpx.Client, receiver: Receiver, workflow: str, **inputs: Any) -> str:
-    response = client.post(
-        "/v1/tasks",
-        json={
-            "workflow": workflow,
-            "user_id": "admin-tests",
-            "input": inputs,
-            "callback_url": receiver.url,
-        },
-    )
-    assert response.status_code == 202, response.text
-    return str(response.json()["task_id"])
+from tests.support import runs, submit, wait_for_status
 
 
 def letters_of(admin: httpx.Client, task_id: str, **params: Any) -> list[dict[str, Any]]:
@@ -197,42 +50,6 @@ def wait_for_letter(admin: httpx.Client, task_id: str, timeout: float = 20) -> d
         if time.monotonic() > deadline:
             raise AssertionError(f"no dead letter for {task_id}")
         time.sleep(0.2)
-
-
-def insert_task(
-    database_url: str, workflow: str, age_s: float, callback_url: str, status: str = "queued"
-) -> str:
-    """A task row as POST /v1/tasks commits it, ``age_s`` old, with no message published: what
-    an API that died between its commit and its publish leaves behind."""
-    from db.engine import Database
-    from db.models import Task
-    from db.tasks import insert_task as insert
-
-    task_id = str(uuid.uuid4())
-
-    async def run() -> None:
-        db = Database(database_url)
-        try:
-            await insert(
-                db,
-                Task(
-                    id=task_id,
-                    workflow=workflow,
-                    workflow_version=1,
-                    user_id="sweep-tests",
-                    status=status,
-                    input={},
-                    callback_url=callback_url,
-                    outputs=[],
-                    audio_s=0.0,
-                    created_at=datetime.fromtimestamp(time.time() - age_s, UTC),
-                ),
-            )
-        finally:
-            await db.dispose()
-
-    asyncio.run(run())
-    return task_id
 
 
 # --- The token ---------------------------------------------------------------------------------

@@ -3,43 +3,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import Any
 
 import httpx
-import pika
 import pytest
 
-from tests.conftest import TOKEN, amqp
+from tests.conftest import TOKEN
+from tests.support import queued_messages, rows_for
 from workflows.limits import MIN_DURATION_S, MIN_TEMPERATURE
-
-
-def rows_for(database_url: str, user_id: str) -> int:
-    import asyncpg
-
-    async def count() -> int:
-        conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg", "postgresql"))
-        try:
-            return int(
-                await conn.fetchval("SELECT count(*) FROM tasks WHERE user_id = $1", user_id)
-            )
-        finally:
-            await conn.close()
-
-    return asyncio.run(count())
-
-
-def queued_messages(vhost: str) -> int:
-    total = 0
-    with amqp(vhost) as connection:
-        for queue in ("default", "musicgen", "audiogen"):
-            channel = connection.channel()
-            try:
-                total += channel.queue_declare(queue, passive=True).method.message_count
-            except pika.exceptions.ChannelClosedByBroker:
-                continue  # never declared: nothing was ever queued there
-    return total
 
 
 def post(client: httpx.Client, body: Any) -> httpx.Response:

@@ -12,7 +12,7 @@ import pytest
 
 from api.screening import MAX_DEPTH
 from tests.conftest import TOKEN, Api
-from tests.test_api import queued_messages, rows_for
+from tests.support import queued_messages, rows_for
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 GOOD_INPUT = {"prompt": "rain", "duration": 1}

@@ -21,24 +21,18 @@ from core.delays import wait_queue
 from tests.conftest import (
     TOKEN,
     Deployment,
+    Hooks,
     deploy,
     fresh_vhost,
     kill_tree,
     ready_messages,
     start_worker,
 )
-from tests.test_webhooks import Hooks, verify
+from tests.support import verify
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 ADMIN = {"authorization": f"Bearer admin-{TOKEN}"}
 WAIT_S = 3
-
-
-@pytest.fixture(scope="module")
-def hooks() -> Iterator[Hooks]:
-    h = Hooks()
-    yield h
-    h.server.shutdown()
 
 
 @pytest.fixture(scope="module")

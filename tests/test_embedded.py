@@ -53,7 +53,7 @@ def test_only_postgres_configured_is_used_for_real_the_rest_embedded(
         task_id = httpx.post(api.url + "/v1/tasks", json=body, headers=AUTH).json()["task_id"]
         assert receiver.wait_for(task_id)["status"] == "succeeded", api.proc.output()
         # The row is in the real Postgres database, not in a local SQLite file.
-        from tests.test_api import rows_for
+        from tests.support import rows_for
 
         assert rows_for(database_url, user) == 1
         assert not (tmp_path / "data" / "aimarket.db").exists()

@@ -267,10 +267,10 @@ def _tasks_post_rate_limited(api: Api) -> Response:
 
 
 def _tasks_post_queue_down(api: Api) -> Response:
-    async def down(*_: Any) -> None:
+    def down(*_: Any, **__: Any) -> None:
         raise ConnectionError("the broker is down")
 
-    api.patch.setattr(api.services, "publish", down)
+    api.patch.setattr(api.services.broker, "enqueue", down)
     return api.call("POST", "/v1/tasks", body=GOOD)
 
 
@@ -572,7 +572,7 @@ def test_hostile_values_never_give_a_5xx(stack_with_admin: str, database_url: st
     """Every query parameter and header of every operation, and every string of a task body,
     gets each hostile value; every answer must be a status the document lists for that
     operation, with an error body, and no task may be stored from it."""
-    from tests.test_api import rows_for
+    from tests.support import rows_for
 
     document = httpx.get(stack_with_admin + "/schema/openapi.json").json()
     answers = 0

@@ -13,7 +13,7 @@ import pika
 import pytest
 
 from tests.conftest import TOKEN, Api
-from tests.test_api import rows_for
+from tests.support import rows_for
 
 
 @pytest.fixture(autouse=True)

@@ -35,7 +35,7 @@ from tests.conftest import (
     start,
     stop,
 )
-from tests.test_api import rows_for
+from tests.support import rows_for
 
 MUSIC = {"workflow": "text2music", "input": {"prompt": "calm piano", "duration": 5}}
 SOUND = {"workflow": "text2sound", "input": {"prompt": "rain", "duration": 2}}

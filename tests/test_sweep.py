@@ -1,8 +1,8 @@
-"""The sweep on the real services (the admin stack of tests/test_admin.py: API + worker on
-Postgres, Redis, RabbitMQ) and in embedded mode: a task lost between the API's commit and its
-publish is resumed and succeeds; a task past its deadline ends `failed` `timeout` and its
-client is told; a task still stuck after its resume ends `stuck`; a task whose next message
-waits in a queue is left alone; one sweep at a time."""
+"""The sweep on the real services (the admin stack of tests/conftest.py, shared with
+tests/test_admin.py: API + worker on Postgres, Redis, RabbitMQ) and in embedded mode: a task
+lost between the API's commit and its publish is resumed and succeeds; a task past its
+deadline ends `failed` `timeout` and its client is told; a task still stuck after its resume
+ends `stuck`; a task whose next message waits in a queue is left alone; one sweep at a time."""
 
 from __future__ import annotations
 
@@ -17,15 +17,12 @@ import httpx
 import pytest
 import redis
 
-import tests.test_admin as admin_tests
 from tasks.sweep import LOCK_KEY, RESUMED_KEY, RedisMarks
-from tests.conftest import TOKEN, Api, Receiver, embedded_env, serve, stop
-from tests.test_admin import ADMIN_TOKEN, AdminStack, insert_task, runs, submit, wait_for_status
+from tests.conftest import ADMIN_TOKEN, TOKEN, AdminStack, Api, Receiver, embedded_env, serve, stop
+from tests.support import insert_task, runs, submit, wait_for_status
 
-# The admin stack (one per session, shared with tests/test_admin.py) and its clients.
-admin_stack = admin_tests.admin_stack
-admin = admin_tests.admin
-market = admin_tests.market
+# The admin stack (one per session, shared with tests/test_admin.py) and its clients, `admin`
+# and `market`, are fixtures of tests/conftest.py.
 
 #: Older than STUCK_AFTER_S (900 s by default), younger than TASK_DEADLINE_S (an hour).
 STALE_S = 1200

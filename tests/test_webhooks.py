@@ -7,13 +7,9 @@ resolver, and refused addresses are refused before any connection)."""
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
-import http.server
 import json
 import re
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,24 +23,13 @@ import pytest
 from core.settings import Settings, SettingsError, load_settings
 from core.signing import secret_key, sign, webhook_secret
 from core.ssrf import Allowlist, Unresolvable, UnsafeURL, check_url
-from tests.conftest import TOKEN, Api, Receiver, embedded_env, free_port, serve, stop
+from tests.conftest import TOKEN, Api, Hooks, Receiver, embedded_env, serve, stop
+from tests.support import verify
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 
 
 # --- Signatures ------------------------------------------------------------------------------
-
-
-def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
-    """What a receiver does, written from the Standard Webhooks spec alone."""
-    key = base64.b64decode(secret.split("_", 1)[1])
-    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
-    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-    return any(
-        hmac.compare_digest(part.split(",", 1)[1], expected)
-        for part in headers["webhook-signature"].split()
-        if part.startswith("v1,")
-    )
 
 
 def test_signature_matches_the_spec() -> None:
@@ -145,66 +130,6 @@ def test_allowlist_names_hosts_and_ranges() -> None:
 
 
 # --- Delivery, for real, to receivers on loopback ------------------------------------------
-
-
-class Hooks:
-    """A receiver whose answers each test scripts per path; it records headers and body."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.calls: list[dict[str, Any]] = []
-        self.answers: dict[str, list[int]] = {}
-        self.cond = threading.Condition()
-        hooks = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                path = self.path
-                with hooks.cond:
-                    queue = hooks.answers.get(path, [])
-                    status = queue.pop(0) if queue else 200
-                    hooks.calls.append(
-                        {
-                            "path": path,
-                            "headers": {k.lower(): v for k, v in self.headers.items()},
-                            "raw": body,
-                            "body": json.loads(body),
-                            "answered": status,
-                        }
-                    )
-                    hooks.cond.notify_all()
-                self.send_response(status)
-                if 300 <= status < 400:
-                    self.send_header("location", hooks.url + "/followed")
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def wait(self, path: str, count: int, timeout: float = 60) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                got = [c for c in self.calls if c["path"] == path]
-                if len(got) >= count:
-                    return got
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"{len(got)} calls to {path}, wanted {count}")
-                self.cond.wait(left)
-
-
-@pytest.fixture(scope="module")
-def hooks() -> Iterator[Hooks]:
-    h = Hooks()
-    yield h
-    h.server.shutdown()
 
 
 def _serve(

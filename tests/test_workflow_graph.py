@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_workflow_loader import ACTORS, BUILTIN_DIR, OK_FILES, check
+from tests.support import ACTORS, OK_FILES, check
 from workflows.graph import ancestors, cycles, levels, mermaid, outline
+from workflows.loader import BUILTIN_DIR
 from workflows.spec import Stage, Workflow
 
 

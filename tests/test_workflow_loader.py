@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from core.settings import Settings
+from tests.support import ACTOR_OUTPUTS, ACTORS, EXTRA_QUEUES, OK, OK_FILES, check
 from workflows.diagnostics import Diagnostic, WorkflowError
 from workflows.expressions import (
     FUNCTION_NAMES,
@@ -45,31 +46,6 @@ from workflows.spec import RetryPolicy, Workflow
 
 BROKEN = Path(__file__).parent / "workflows_broken"
 BROKEN_FILES = sorted(BROKEN.glob("*.yaml"))
-OK = Path(__file__).parent / "workflows_ok"
-OK_FILES = sorted(OK.glob("*.yaml"))
-
-ACTORS = {
-    "task.validate": "default",
-    "audio.musicgen": "musicgen",
-    "audio.audiogen": "audiogen",
-    "media.store": "default",
-    "media.visualize": "default",
-    "task.aggregate": "default",
-    "task.callback": "callbacks",
-    "audio.mix": "default",
-}
-#: What each actor returns (task.callback is left out: its outputs are not checked).
-ACTOR_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "task.validate": (),
-    "task.aggregate": (),
-    "media.store": ("outputs",),
-    "media.visualize": ("media",),
-    "audio.musicgen": ("media",),
-    "audio.audiogen": ("media",),
-    "audio.mix": ("media",),
-}
-#: A queue workers consume besides the actors' own.
-EXTRA_QUEUES = ("musicgen-large",)
 
 _EXPECT = re.compile(r"#\s*expect:\s*(\d+):(\d+)\s+(error|warning|note)\s+([a-z-]+)\s*$")
 
@@ -92,13 +68,6 @@ def expectations(path: Path) -> list[Expected]:
 
 def observed(diagnostics: list[Diagnostic]) -> list[Expected]:
     return sorted((d.line, d.column, d.severity, d.code) for d in diagnostics)
-
-
-def check(path: Path, **options: Any) -> tuple[Workflow | None, list[Diagnostic]]:
-    """check_file with the test actors, their outputs and the extra queue."""
-    options.setdefault("actor_outputs", ACTOR_OUTPUTS)
-    options.setdefault("extra_queues", EXTRA_QUEUES)
-    return check_file(path, ACTORS, options.pop("settings", Settings()), **options)
 
 
 def builtins(settings: Settings | None = None) -> dict[str, Workflow]:
