@@ -27,6 +27,8 @@ def declared_on() -> dramatiq.Broker:
     first imported (or the last one they were moved to, see ``aimarket.broker``)."""
     broker: dramatiq.Broker = lifecycle.fail.broker
     return broker
+
+
 log = logging.getLogger(__name__)
 
 
