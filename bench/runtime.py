@@ -232,7 +232,9 @@ def run_aimarket(
 
             await listener.add_listener(CHANNEL, notified)
             headers = {"Authorization": f"Bearer {TOKEN}"}
-            limits = httpx.Limits(max_connections=counts.in_flight + 8)
+            # Idle connections are dropped before uvicorn's 5 s keep-alive ends them: at equal
+            # timeouts a request can go out on a connection the server is closing (ReadError).
+            limits = httpx.Limits(max_connections=counts.in_flight + 8, keepalive_expiry=2.0)
             extra: dict[str, Any] = {}
             async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits) as http:
 

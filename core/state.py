@@ -130,7 +130,8 @@ class TaskState:
         key = _task_key(task_id)
 
         async def call() -> bool:
-            async with self.redis.pipeline(transaction=True) as pipe:
+            # One round trip; no MULTI/EXEC: each command stands alone.
+            async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.hset(key, mapping=fields)  # type: ignore[arg-type]  # (bytes values)
                 pipe.expire(key, self.ttl_s)
                 pipe.exists(_cancel_key(task_id))

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, Float, cast, func, literal, select, update
 
 from core.metrics import TASKS_FINISHED
 from db.engine import Database
-from db.models import Task, TaskStatus
+from db.models import Task, TaskStatus, UtcDateTime
 
 _ACTIVE = (TaskStatus.QUEUED, TaskStatus.RUNNING)
 _TERMINAL = (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED)
@@ -20,6 +20,16 @@ _TERMINAL = (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED)
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _seconds_since(
+    db: Database, start: ColumnElement[datetime], now: datetime
+) -> ColumnElement[float]:
+    """``now - start`` in seconds, in SQL: each database says it its own way."""
+    moment = literal(now, UtcDateTime())
+    if db.engine.dialect.name == "sqlite":
+        return (func.julianday(moment) - func.julianday(start)) * 86400.0
+    return cast(func.extract("epoch", moment - start), Float)
 
 
 async def insert_task(db: Database, task: Task) -> Task:
@@ -61,6 +71,7 @@ async def start_task(db: Database, task_id: str) -> bool:
             update(Task)
             .where(Task.id == task_id, Task.status == TaskStatus.QUEUED)
             .values(status=TaskStatus.RUNNING, started_at=func.coalesce(Task.started_at, utcnow()))
+            .execution_options(synchronize_session=False)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
@@ -76,29 +87,38 @@ async def finish_task(
     error_message: str | None = None,
 ) -> bool:
     """Move an active task to a terminal status. False when it had already ended, so the
-    first ending wins and a redelivered message changes nothing."""
-    async with db.session() as session, session.begin():
-        task = await session.get(Task, task_id, with_for_update=True)
-        if task is None or TaskStatus(task.status).terminal:
-            return False
-        now = utcnow()
-        task.status = status
-        task.finished_at = now
-        task.started_at = task.started_at or now
-        task.processing_s = (now - _aware(task.started_at)).total_seconds()
-        task.outputs = list(outputs)
-        task.audio_s = audio_s
-        task.error_code, task.error_message = error_code, error_message
-        workflow = task.workflow
+    first ending wins and a redelivered message changes nothing.
+
+    One conditional UPDATE, atomic by itself (no transaction, one round trip): the row moves
+    only from ``queued`` or ``running``, and its processing time is computed by the database
+    from the ``started_at`` it holds."""
+    now = utcnow()
+    started = func.coalesce(Task.started_at, literal(now, UtcDateTime()))
+    async with db.single() as session:
+        result = await session.execute(
+            update(Task)
+            .where(Task.id == task_id, Task.status.in_(_ACTIVE))
+            .values(
+                status=status,
+                finished_at=now,
+                started_at=started,
+                processing_s=_seconds_since(db, started, now),
+                outputs=list(outputs),
+                audio_s=audio_s,
+                error_code=error_code,
+                error_message=error_message,
+            )
+            .returning(Task.workflow)
+            # No objects of this session to keep in step: spare the ORM's bookkeeping.
+            .execution_options(synchronize_session=False)
+        )
+        workflow = result.scalar_one_or_none()
+    if workflow is None:
+        return False
     # Every ending of a task passes here, once (the first ending wins), so this is the one
     # place that counts them all, whichever process wrote it.
     TASKS_FINISHED.labels(workflow, str(status)).inc()
     return True
-
-
-def _aware(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes; they were written as UTC.
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @dataclass

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,8 +20,9 @@ from dramatiq.brokers.stub import StubBroker
 from core.settings import load_settings
 from core.state import TaskState
 from db.engine import Database
-from db.models import TaskStatus
-from db.tasks import get_task
+from db.migrate import upgrade
+from db.models import Task, TaskStatus
+from db.tasks import finish_task, get_task, insert_task, utcnow
 from tasks.errors import Refused
 from tasks.lifecycle import CANCEL_MESSAGE, Lifecycle, Verdict
 from workflows.compiler import AFTER_OPTION, FACTS_OPTION, TaskFacts, compile_workflow
@@ -308,3 +311,36 @@ def test_resume_of_a_removed_workflow_ends_the_task(harness: Harness) -> None:
     resumed, row = harness.run(go)
     assert not resumed
     assert (row.status, row.error_code) == ("failed", "workflow_removed")
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+def test_an_ending_records_its_processing_time(
+    dialect: str, database_url: str, tmp_path: Path
+) -> None:
+    # finish_task computes processing_s in SQL, which each database says its own way.
+    url = database_url
+    if dialect == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'tasks.db'}"
+        upgrade(url)
+
+    async def go() -> Any:
+        db = Database(url, pool_size=2)
+        try:
+            started = utcnow() - timedelta(seconds=90)
+            task = Task(
+                id=str(uuid.uuid4()), workflow="w", workflow_version=1, user_id="u",
+                status=TaskStatus.RUNNING, input={}, outputs=[], audio_s=0.0,
+                created_at=started, started_at=started,
+            )  # fmt: skip
+            await insert_task(db, task)
+            first = await finish_task(db, task.id, TaskStatus.SUCCEEDED, audio_s=2.0)
+            again = await finish_task(db, task.id, TaskStatus.FAILED)
+            return first, again, await get_task(db, task.id)
+        finally:
+            await db.dispose()
+
+    first, again, row = asyncio.run(go())
+    assert (first, again) == (True, False)
+    assert row.status == TaskStatus.SUCCEEDED
+    assert row.processing_s == pytest.approx(90, abs=5)
+    assert row.finished_at is not None
