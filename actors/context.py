@@ -26,7 +26,7 @@ class StageContext:
     workflow: str
     stage_id: str
     res: Resources
-    #: The row, once read; ``read`` tells a row not yet read from a task that is gone.
+    #: The row, once read; ``_read`` tells a row not read yet from a task that is gone.
     _task: Task | None = field(default=None, repr=False)
     _read: bool = field(default=False, repr=False)
 

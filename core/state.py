@@ -10,7 +10,8 @@ Redis being unreachable for a while (a restart, a failover) is expected, and wha
 * ``get`` answers ``{"stages": {}, "unavailable": True}``: the task view leaves the live parts
   out and says so (``live_unavailable``), the sweep does not judge a task it cannot see;
 * ``is_cancelled`` answers False (the row still says cancelled: the stages after a running
-  one stop there), ``failures`` answers nothing;
+  one stop there), ``stage_started`` answers None (the stage then decides from the task's
+  row), ``failures`` answers nothing;
 * blobs raise (``StateUnavailable``): the caller must put the audio somewhere else rather than
   lose it silently (actors/handoff.py), and ``ping`` raises (readiness says ``down: redis``).
 

@@ -10,9 +10,10 @@ Guarantees, stated once:
 * **submit** stores the task, then queues it (a worker never sees a task that is not stored);
   when the queue refuses, the task ends ``failed`` (``queue_unavailable``) and its admission
   and idempotency key are given back, so nothing accepted is left hanging.
-* **decide** (before every stage) reads the task row once and says whether the stage runs; a
-  stage never runs for a task that was cancelled or failed meanwhile, nor past the workflow's
-  deadline (the task then ends ``failed``/``timeout`` through ``task.fail``).
+* **begin** (before every stage) says whether the stage runs: never for a task that was
+  cancelled or failed meanwhile, nor past the workflow's deadline (the task then ends
+  ``failed``/``timeout`` through ``task.fail``). A pipeline stage decides from the facts its
+  message carries and one state round trip; any other reads the task's row, once.
 * **end** and **cancel** record the ending first, then tell the client (``announce_end``):
   a crash in between leaves a task the sweep finds ended but untold, and tells.
 """
@@ -23,7 +24,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from functools import partial
 from typing import Any
@@ -55,9 +56,6 @@ AFTER_END_ACTORS = frozenset({CALLBACK_ACTOR})
 #: waits in, say, a GPU queue: a marketplace shows "queued" while its users' tasks wait).
 BEFORE_START_ACTORS = frozenset({"task.validate"})
 CANCEL_MESSAGE = "cancelled by the client"
-
-
-Publish = Callable[[Callable[[], None]], Awaitable[None]]
 
 
 class Lifecycle:
