@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Executable, Row, event
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -41,9 +42,8 @@ class Database:
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         # One statement, one round trip: without a transaction around it, a lone read or a
         # conditional UPDATE costs no BEGIN and COMMIT/ROLLBACK (three round trips to one).
-        self._single = async_sessionmaker(
-            self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
-        )
+        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._single = async_sessionmaker(self._autocommit, expire_on_commit=False)
 
     def session(self) -> AsyncSession:
         return self.sessions()
@@ -52,6 +52,15 @@ class Database:
         """A session for ONE statement that is atomic by itself (a read by key, a
         conditional UPDATE): it runs outside any transaction, committed as it runs."""
         return self._single()
+
+    async def execute_one(
+        self, statement: Executable, params: Mapping[str, Any]
+    ) -> Sequence[Row[Any]]:
+        """Run ONE statement that is atomic by itself on a Core connection, outside any
+        transaction (no ORM, one round trip); the rows it returns (``RETURNING``)."""
+        async with self._autocommit.connect() as conn:
+            result = await conn.execute(statement, dict(params))
+            return result.all() if result.returns_rows else []
 
     async def dispose(self) -> None:
         await self.engine.dispose()

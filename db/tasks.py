@@ -3,12 +3,13 @@ delivered twice cannot move a finished task backwards."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Float, cast, func, literal, select, update
+from sqlalchemy import ColumnElement, Float, Update, bindparam, cast, func, select, update
 
 from core.metrics import TASKS_FINISHED
 from db.engine import Database
@@ -22,14 +23,44 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _seconds_since(
-    db: Database, start: ColumnElement[datetime], now: datetime
-) -> ColumnElement[float]:
-    """``now - start`` in seconds, in SQL: each database says it its own way."""
-    moment = literal(now, UtcDateTime())
-    if db.engine.dialect.name == "sqlite":
-        return (func.julianday(moment) - func.julianday(start)) * 86400.0
-    return cast(func.extract("epoch", moment - start), Float)
+#: The two transitions every task makes, built once (statements are then only bound and
+#: run, on a Core connection: the ORM's bulk-update bookkeeping cost more than the query).
+_START = (
+    update(Task)
+    .where(Task.id == bindparam("task_id"), Task.status == TaskStatus.QUEUED)
+    .values(
+        status=TaskStatus.RUNNING,
+        started_at=func.coalesce(Task.started_at, bindparam("now", type_=UtcDateTime())),
+    )
+    .returning(Task.id)
+)
+
+
+@functools.cache
+def _finish(dialect: str) -> Update:
+    """The ending: a conditional UPDATE whose processing time the database computes from the
+    ``started_at`` it holds (each database says ``now - start`` its own way)."""
+    now = bindparam("now", type_=UtcDateTime())
+    started = func.coalesce(Task.started_at, now)
+    if dialect == "sqlite":
+        seconds: ColumnElement[float] = (func.julianday(now) - func.julianday(started)) * 86400.0
+    else:
+        seconds = cast(func.extract("epoch", now - started), Float)
+    return (
+        update(Task)
+        .where(Task.id == bindparam("task_id"), Task.status.in_(_ACTIVE))
+        .values(
+            status=bindparam("status"),
+            finished_at=now,
+            started_at=started,
+            processing_s=seconds,
+            outputs=bindparam("outputs", type_=Task.__table__.c.outputs.type),
+            audio_s=bindparam("audio_s"),
+            error_code=bindparam("error_code"),
+            error_message=bindparam("error_message"),
+        )
+        .returning(Task.workflow)
+    )
 
 
 async def insert_task(db: Database, task: Task) -> Task:
@@ -66,14 +97,8 @@ async def unfinished_tasks(db: Database) -> list[tuple[str, str]]:
 async def start_task(db: Database, task_id: str) -> bool:
     """queued -> running, setting started_at. True only for the call that made the move (so
     the ``started`` event is sent once, however many stages or deliveries race to it)."""
-    async with db.single() as session:  # one conditional UPDATE: atomic by itself
-        result = await session.execute(
-            update(Task)
-            .where(Task.id == task_id, Task.status == TaskStatus.QUEUED)
-            .values(status=TaskStatus.RUNNING, started_at=func.coalesce(Task.started_at, utcnow()))
-            .execution_options(synchronize_session=False)
-        )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+    rows = await db.execute_one(_START, {"task_id": task_id, "now": utcnow()})
+    return bool(rows)
 
 
 async def finish_task(
@@ -92,27 +117,12 @@ async def finish_task(
     One conditional UPDATE, atomic by itself (no transaction, one round trip): the row moves
     only from ``queued`` or ``running``, and its processing time is computed by the database
     from the ``started_at`` it holds."""
-    now = utcnow()
-    started = func.coalesce(Task.started_at, literal(now, UtcDateTime()))
-    async with db.single() as session:
-        result = await session.execute(
-            update(Task)
-            .where(Task.id == task_id, Task.status.in_(_ACTIVE))
-            .values(
-                status=status,
-                finished_at=now,
-                started_at=started,
-                processing_s=_seconds_since(db, started, now),
-                outputs=list(outputs),
-                audio_s=audio_s,
-                error_code=error_code,
-                error_message=error_message,
-            )
-            .returning(Task.workflow)
-            # No objects of this session to keep in step: spare the ORM's bookkeeping.
-            .execution_options(synchronize_session=False)
-        )
-        workflow = result.scalar_one_or_none()
+    params = {
+        "task_id": task_id, "now": utcnow(), "status": str(status), "outputs": list(outputs),
+        "audio_s": audio_s, "error_code": error_code, "error_message": error_message,
+    }  # fmt: skip
+    rows = await db.execute_one(_finish(db.engine.dialect.name), params)
+    workflow = rows[0][0] if rows else None
     if workflow is None:
         return False
     # Every ending of a task passes here, once (the first ending wins), so this is the one
