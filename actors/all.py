@@ -12,21 +12,12 @@ import importlib
 import logging
 from importlib.metadata import entry_points
 
-import dramatiq
-
 from actors import dag, events, generate, lifecycle, mix, store, visualize
 from core.settings import SettingsError, get_settings
 
 __all__ = ["dag", "events", "generate", "lifecycle", "mix", "store", "visualize"]
 
 ENTRY_POINT_GROUP = "aimarket.stages"
-
-
-def declared_on() -> dramatiq.Broker:
-    """The broker this process's actors are declared on: the one set when this module was
-    first imported (or the last one they were moved to, see ``aimarket.broker``)."""
-    broker: dramatiq.Broker = lifecycle.fail.broker
-    return broker
 
 
 log = logging.getLogger(__name__)

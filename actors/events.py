@@ -18,10 +18,10 @@ import asyncio
 import logging
 from typing import Literal
 
-import dramatiq
 import msgspec
 
 from actors import webhooks
+from actors.registry import actor
 from actors.resources import Resources, resources
 from core.delays import enqueue_after
 from db import stage_runs
@@ -56,7 +56,7 @@ async def emit(res: Resources, task: Task, event: Event, key: str) -> None:
         log.warning("could not queue the %s event of task %s: %s", event, task.id, exc)
 
 
-@dramatiq.actor(
+@actor(
     actor_name="task.event",
     queue_name="callbacks",
     max_retries=3,

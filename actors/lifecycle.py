@@ -8,13 +8,12 @@ import asyncio
 import logging
 from typing import Any
 
-import dramatiq
 import msgspec
 
 from actors import webhooks
 from actors.context import StageContext
 from actors.dag import advance, dag_arg, send
-from actors.registry import stage
+from actors.registry import actor, stage
 from actors.resources import resources
 from core.delays import enqueue_after
 from core.errors import StageError, TaskGone
@@ -55,21 +54,21 @@ async def aggregate(ctx: StageContext, previous: dict[str, Any] | None = None) -
     return {}
 
 
-@dramatiq.actor(actor_name=FAIL_ACTOR, queue_name="default", max_retries=10, min_backoff=500)
+@actor(actor_name=FAIL_ACTOR, queue_name="default", max_retries=10, min_backoff=500)
 async def fail(task_id: str, stage_id: str, code: str, message: str) -> None:
     """Ends a task ``failed`` with a client-facing error, then tells the client (the
     workflow's on_failure and finally handlers, else the callback)."""
     await resources().lifecycle.fail(task_id, code, message)
 
 
-@dramatiq.actor(actor_name=START_ACTOR, queue_name="default", max_retries=10, min_backoff=500)
+@actor(actor_name=START_ACTOR, queue_name="default", max_retries=10, min_backoff=500)
 async def start(task_id: str, workflow: str) -> None:
     """Starts a DAG run: queues its root stages."""
     res = resources()
     await advance(res, res.plans[workflow], task_id)
 
 
-@dramatiq.actor(actor_name=RESUME_ACTOR, queue_name="default", max_retries=10, min_backoff=500)
+@actor(actor_name=RESUME_ACTOR, queue_name="default", max_retries=10, min_backoff=500)
 async def resume(task_id: str, workflow: str) -> None:
     """Re-sends the runs a stopped process had queued or started, then advances.
 

@@ -32,6 +32,42 @@ from core.metrics import STAGE_DURATION
 from workflows.catalog import StageActor
 from workflows.compiler import AFTER_OPTION
 
+#: Every actor declared through this module, whichever broker was current at the time.
+_DECLARED: list[dramatiq.Actor[Any, Any]] = []
+
+
+def actor(
+    *,
+    actor_name: str,
+    queue_name: str,
+    actor_class: type[dramatiq.Actor[Any, Any]] = dramatiq.Actor,
+    **options: Any,
+) -> Callable[[Callable[..., Any]], dramatiq.Actor[Any, Any]]:
+    """``dramatiq.actor`` that also records the actor, so :func:`declare_on` can declare it
+    on a broker set up later."""
+
+    def declare(fn: Callable[..., Any]) -> dramatiq.Actor[Any, Any]:
+        made: dramatiq.Actor[Any, Any] = dramatiq.actor(
+            actor_class=actor_class, actor_name=actor_name, queue_name=queue_name, **options
+        )(fn)
+        _DECLARED.append(made)
+        return made
+
+    return declare
+
+
+def declare_on(broker: dramatiq.Broker) -> None:
+    """Declare on ``broker`` every actor declared so far on another. Importing an actor
+    module declares its actors on the broker of that moment, once per process: a module
+    imported before the broker was set up (by a test, say), or a second broker (an app built
+    twice), would otherwise leave ``broker`` without them, and so without their stages (the
+    stage catalog is read off the broker)."""
+    declared = set(broker.get_declared_actors())
+    for known in _DECLARED:
+        if known.actor_name not in declared:
+            known.broker = broker
+            broker.declare_actor(known)
+
 
 def stage(
     name: str,
@@ -59,16 +95,13 @@ def stage(
             with log_context(task_id=task_id, workflow=workflow, stage=stage_id):
                 return await _run(name, fn, task_id, workflow, stage_id, previous)
 
-        actor = dramatiq.actor(
-            actor_class=StageActor,
-            actor_name=name,
-            queue_name=queue,
-            throws=(StageError,),
+        made = actor(
+            actor_class=StageActor, actor_name=name, queue_name=queue, throws=(StageError,),
             **options,
-        )(run)
-        assert isinstance(actor, StageActor)
-        actor.outputs = outputs
-        return actor
+        )(run)  # fmt: skip
+        assert isinstance(made, StageActor)
+        made.outputs = outputs
+        return made
 
     return register
 

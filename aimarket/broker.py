@@ -100,25 +100,12 @@ def setup_broker(settings: Settings, *, publisher: bool = False) -> dramatiq.Bro
     dramatiq.set_broker(broker)
     # Imported here, once the broker is set: importing declares every actor on the broker of
     # the moment (Dramatiq's way), and a broker created by default would be RabbitMQ's.
-    import actors.all
+    import actors.all  # noqa: F401
+    from actors.registry import declare_on
 
-    home = actors.all.declared_on()
-    if home is not broker:
-        _move_actors(home, broker)
+    declare_on(broker)  # those imported before this broker existed
     _broker = broker
     return broker
-
-
-def _move_actors(old: dramatiq.Broker, new: dramatiq.Broker) -> None:
-    """Declare on ``new`` the actors declared on ``old``. ``import actors.all`` declares them
-    on the broker of the moment, once per process: a process that sets up a broker again (an
-    app built twice, as tests do) would otherwise get one that knows no actor, and so no
-    stage (the stage catalog is read off the broker)."""
-    for name in old.get_declared_actors():
-        if name not in new.get_declared_actors():
-            actor = old.get_actor(name)
-            actor.broker = new
-            new.declare_actor(actor)
 
 
 def _message_metrics() -> dramatiq.Middleware:
@@ -139,16 +126,14 @@ def actor_catalog() -> StageCatalog:
 
     Registers the actors on an in-memory broker when this process has no broker yet.
     """
-    if _broker is None and not _registered():
+    if _broker is None and dramatiq.broker.global_broker is None:
         dramatiq.set_broker(StubBroker())
-        import actors.all  # noqa: F401  (registers the actors on the broker just set)
-    return stage_catalog(dramatiq.get_broker())
+    broker = _broker or dramatiq.get_broker()
+    import actors.all  # noqa: F401  (declares the actors, once per process)
+    from actors.registry import declare_on
 
-
-def _registered() -> bool:
-    import sys
-
-    return "actors.all" in sys.modules
+    declare_on(broker)
+    return stage_catalog(broker)
 
 
 def is_embedded(broker: dramatiq.Broker) -> bool:
