@@ -252,8 +252,11 @@ class Lifecycle:
         await self.queue_failure(task_id, stage_id, "timeout", message)
         return Decision(Verdict.EXPIRED)
 
-    def deadline_s(self, plan: Plan) -> float:
-        return plan.workflow.deadline(self.settings.task_deadline_s)
+    def deadline_s(self, plan: Plan | None) -> float:
+        """A task's deadline in seconds: its workflow's, else TASK_DEADLINE_S (a workflow
+        that is gone)."""
+        default = self.settings.task_deadline_s
+        return plan.workflow.deadline(default) if plan is not None else default
 
     def facts(self, task: Task, plan: Plan) -> TaskFacts:
         """What the task's pipeline messages carry about it (see ``begin``)."""
@@ -390,7 +393,7 @@ class Lifecycle:
         if task.status != TaskStatus.FAILED:
             raise Refused(409, "task_ended", f"task {task.id} has ended {task.status}")
         plan = self.plans.get(task.workflow)
-        deadline_s = self.deadline_s(plan) if plan else self.settings.task_deadline_s
+        deadline_s = self.deadline_s(plan)
         if time.time() >= task.created_at.timestamp() + deadline_s:
             raise Refused(
                 409, "deadline_passed", f"task {task.id} is past its deadline of {deadline_s:g} s"

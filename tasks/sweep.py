@@ -304,9 +304,7 @@ class Sweeper:
             yield plan.workflow.deadline(self.settings.task_deadline_s)
 
     def deadline_s(self, task: Task) -> float:
-        plan = self.plans.get(task.workflow)
-        default = self.settings.task_deadline_s
-        return plan.workflow.deadline(default) if plan is not None else default
+        return self.lifecycle.deadline_s(self.plans.get(task.workflow))
 
     async def _check(self, task: Task, now: float) -> Action | None:
         deadline_s = self.deadline_s(task)
